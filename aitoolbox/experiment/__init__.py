@@ -1,0 +1,1 @@
+"""Experiment tracking: training history, result packages and metrics, saving."""

@@ -1,0 +1,1 @@
+"""Training of PyTorch models: the TrainLoop, the model contract, callbacks and schedulers."""

@@ -1,0 +1,1 @@
+"""TrainLoop callbacks: hook in at fixed points of the training loop."""

@@ -1,0 +1,1 @@
+"""Data feeding definitions for models wrapped with :class:`~aitoolbox.torchtrain.model.ModelWrap`."""

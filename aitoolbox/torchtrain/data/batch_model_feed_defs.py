@@ -1,0 +1,63 @@
+"""How a batch is fed into a plain ``nn.Module``: the feed definition of ``ModelWrap``."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Optional, Tuple
+
+import torch
+from torch import nn
+
+
+def move_to_device(data: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Move every tensor in a (nested) batch structure to ``device``.
+
+    Args:
+        data: a tensor, or a list / tuple / dict holding tensors (nested any depth).
+        device: the target device.
+        non_blocking: passed to ``Tensor.to`` (useful with pinned memory).
+
+    Returns:
+        The same structure with the tensors on ``device``.
+    """
+    if isinstance(data, torch.Tensor):
+        return data.to(device, non_blocking=non_blocking)
+    if isinstance(data, (list, tuple)):
+        return type(data)(move_to_device(d, device, non_blocking) for d in data)
+    if isinstance(data, dict):
+        return {k: move_to_device(v, device, non_blocking) for k, v in data.items()}
+    return data
+
+
+class AbstractModelFeedDefinition(ABC):
+    """Feeds batches into a plain ``nn.Module`` for ``ModelWrap``.
+
+    Implement :meth:`get_loss` and :meth:`get_predictions`; :meth:`get_loss_eval` defaults to
+    :meth:`get_loss`. ``model`` is the module as the TrainLoop runs it (possibly wrapped in
+    DataParallel / DistributedDataParallel), so call ``model(...)`` for the forward pass.
+    """
+
+    @abstractmethod
+    def get_loss(self, model: nn.Module, batch_data: Any, criterion: Any, device: torch.device):
+        """Loss of one training batch: a scalar tensor or a ``MultiLoss``."""
+
+    def get_loss_eval(self, model: nn.Module, batch_data: Any, criterion: Any, device: torch.device):
+        """Loss of one evaluation batch; defaults to :meth:`get_loss`."""
+        return self.get_loss(model, batch_data, criterion, device)
+
+    @abstractmethod
+    def get_predictions(self, model: nn.Module, batch_data: Any,
+                        device: torch.device) -> Tuple[Any, Any, Optional[dict]]:
+        """``(y_pred, y_true, metadata)`` of one batch; metadata is a dict or None."""
+
+
+class BasicModelFeedDefinition(AbstractModelFeedDefinition):
+    """Feed for batches shaped ``(*inputs, target)``: ``criterion(model(*inputs), target)``."""
+
+    def get_loss(self, model, batch_data, criterion, device):
+        *inputs, target = batch_data
+        output = model(*move_to_device(inputs, device))
+        return criterion(output, target.to(device))
+
+    def get_predictions(self, model, batch_data, device):
+        *inputs, target = batch_data
+        return model(*move_to_device(inputs, device)), target, None

@@ -1,0 +1,142 @@
+"""The model contract: how the TrainLoop gets a loss and predictions out of a model.
+
+* :class:`TTModel` - an ``nn.Module`` that also implements ``get_loss`` and ``get_predictions``.
+* :class:`TTBasicModel` - a ``TTModel`` with both ready-made for ``(*inputs, target)`` batches.
+* :class:`ModelWrap` - a plain ``nn.Module`` plus an
+  :class:`~aitoolbox.torchtrain.data.batch_model_feed_defs.AbstractModelFeedDefinition`.
+* A plain ``nn.Module`` is accepted too and fed like ``TTBasicModel``.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import torch
+from torch import nn
+
+from aitoolbox.torchtrain.data.batch_model_feed_defs import (
+    AbstractModelFeedDefinition, BasicModelFeedDefinition)
+
+
+class TTModel(nn.Module):
+    """``nn.Module`` that knows how to compute its own loss and predictions from a batch.
+
+    Implement ``forward``, :meth:`get_loss` and :meth:`get_predictions`. Inside them call
+    ``self(...)`` for the forward pass: under DataParallel / DistributedDataParallel the call goes
+    through the wrapper, so that batches are scattered and gradients synchronised.
+    """
+
+    def get_loss(self, batch_data: Any, criterion: Any, device: torch.device):
+        """Loss of one training batch.
+
+        Args:
+            batch_data: one batch as the train loader yields it.
+            criterion: the TrainLoop's criterion.
+            device: the device the model is on.
+
+        Returns:
+            A scalar loss tensor or a ``MultiLoss``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement get_loss(batch_data, "
+                                  "criterion, device), or subclass TTBasicModel.")
+
+    def get_loss_eval(self, batch_data: Any, criterion: Any, device: torch.device):
+        """Loss of one evaluation batch; defaults to :meth:`get_loss`."""
+        return self.get_loss(batch_data, criterion, device)
+
+    def get_predictions(self, batch_data: Any, device: torch.device) -> Tuple[Any, Any, Optional[dict]]:
+        """Predictions of one batch.
+
+        Args:
+            batch_data: one batch as the loader yields it.
+            device: the device the model is on.
+
+        Returns:
+            ``(y_pred, y_true, metadata)``; metadata is a dict (of lists or tensors) or None.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement get_predictions(batch_data, "
+                                  "device), or subclass TTBasicModel.")
+
+
+class TTBasicModel(TTModel):
+    """``TTModel`` with ``get_loss`` / ``get_predictions`` for batches shaped ``(*inputs, target)``."""
+
+    _feed = BasicModelFeedDefinition()
+
+    def get_loss(self, batch_data, criterion, device):
+        return self._feed.get_loss(self, batch_data, criterion, device)
+
+    def get_predictions(self, batch_data, device):
+        return self._feed.get_predictions(self, batch_data, device)
+
+
+class ModelWrap:
+    """A plain ``nn.Module`` together with the definition of how batches are fed into it.
+
+    Args:
+        model: the network.
+        batch_model_feed_def: computes the loss and the predictions from a batch.
+    """
+
+    def __init__(self, model: nn.Module, batch_model_feed_def: AbstractModelFeedDefinition):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"ModelWrap model must be a torch.nn.Module, got {type(model).__name__}.")
+        if not isinstance(batch_model_feed_def, AbstractModelFeedDefinition):
+            raise TypeError("ModelWrap batch_model_feed_def must be an AbstractModelFeedDefinition "
+                            f"instance, got {type(batch_model_feed_def).__name__}.")
+        self.model = model
+        self.batch_model_feed_def = batch_model_feed_def
+
+
+class MultiGPUModelWrap(ModelWrap):
+    """``ModelWrap`` whose model is (or will be) wrapped in DataParallel / DDP by the TrainLoop.
+
+    Kept for compatibility: ``ModelWrap`` already works in every ``gpu_mode``.
+    """
+
+
+class ModelFeed:
+    """Uniform ``get_loss`` / ``get_loss_eval`` / ``get_predictions`` over every model kind.
+
+    The TrainLoop talks to this object only. ``module`` is what runs the forward pass: the
+    user's module, or its DataParallel / DDP wrapper.
+
+    Args:
+        module: the (possibly wrapped) module that runs the forward pass.
+        feed_def: how batches are fed; ``None`` when ``module`` is itself a ``TTModel`` (or a
+            wrapper exposing the TTModel methods).
+    """
+
+    def __init__(self, module: nn.Module, feed_def: Optional[AbstractModelFeedDefinition] = None):
+        self.module = module
+        if feed_def is None:
+            self.get_loss = module.get_loss
+            self.get_loss_eval = module.get_loss_eval
+            self.get_predictions = module.get_predictions
+        else:
+            self.get_loss = lambda batch, crit, dev: feed_def.get_loss(module, batch, crit, dev)
+            self.get_loss_eval = lambda batch, crit, dev: feed_def.get_loss_eval(module, batch, crit, dev)
+            self.get_predictions = lambda batch, dev: feed_def.get_predictions(module, batch, dev)
+
+
+def split_model(model) -> Tuple[nn.Module, Optional[AbstractModelFeedDefinition]]:
+    """The ``nn.Module`` and the feed definition (None for a TTModel) of any accepted model.
+
+    Raises:
+        TypeError: the model is neither a TTModel, a ModelWrap nor an nn.Module.
+        NotImplementedError: a TTModel subclass that does not implement get_loss/get_predictions.
+    """
+    if isinstance(model, ModelWrap):
+        return model.model, model.batch_model_feed_def
+    if isinstance(model, TTModel):
+        for name in ("get_loss", "get_predictions"):
+            if getattr(type(model), name) is getattr(TTModel, name):
+                raise NotImplementedError(
+                    f"model {type(model).__name__} is a TTModel but does not implement {name}(). "
+                    "Implement it, subclass TTBasicModel, or pass a plain nn.Module.")
+        return model, None
+    if isinstance(model, nn.Module):
+        if hasattr(model, "module") and isinstance(getattr(model, "module"), TTModel):
+            return model, None  # a TTDataParallel / TTDistributedDataParallel built by the user
+        return model, BasicModelFeedDefinition()
+    raise TypeError(f"model must be a TTModel, a ModelWrap or a torch.nn.Module, got "
+                    f"{type(model).__name__}.")

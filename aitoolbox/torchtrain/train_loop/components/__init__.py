@@ -1,0 +1,1 @@
+"""The TrainLoop's collaborators: one concern each (device strategy, AMP, callbacks, caching, ...)."""

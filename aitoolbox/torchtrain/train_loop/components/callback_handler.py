@@ -1,0 +1,112 @@
+"""Callback registration and dispatch: the one ordered list of hook names.
+
+A callback subscribes to exactly the hooks that its class overrides, so dispatching a hook that no
+callback implements costs one empty loop. Callbacks run in ascending ``execution_order``; ties keep
+the registration order.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Sequence
+
+logger = logging.getLogger("aitoolbox")
+
+#: Every hook, in the order the TrainLoop calls them. The single source of truth for hook names.
+HOOKS = (
+    "on_train_loop_registration",
+    "on_multiprocess_start",
+    "on_train_begin",
+    "on_epoch_begin",
+    "on_batch_begin",
+    "on_after_gradient_update",
+    "on_after_optimizer_step",
+    "on_batch_end",
+    "on_after_batch_prediction",
+    "on_epoch_end",
+    "on_train_end",
+    "on_train_crash",
+)
+
+
+class CallbacksHandler:
+    """Registers callbacks with a TrainLoop and calls their hooks in order.
+
+    Args:
+        train_loop_obj: the TrainLoop the callbacks belong to.
+    """
+
+    def __init__(self, train_loop_obj):
+        self.train_loop_obj = train_loop_obj
+        self.registered_callbacks: List = []
+        self._subscribers: Dict[str, List] = {hook: [] for hook in HOOKS}
+
+    def reset(self) -> None:
+        """Forget every registered callback (each ``fit`` registers its own)."""
+        self.registered_callbacks = []
+        self._subscribers = {hook: [] for hook in HOOKS}
+
+    def register_callbacks(self, callbacks: Sequence, rank: int = 0) -> None:
+        """Register callbacks, call their ``on_train_loop_registration``, rebuild the hook lists.
+
+        Args:
+            callbacks: ``AbstractCallback`` instances.
+            rank: this process's global rank; a callback whose ``device_idx_execution`` is set
+                runs only on that rank.
+
+        Raises:
+            TypeError: a callback is not an ``AbstractCallback``.
+        """
+        from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
+
+        for idx, cb in enumerate(callbacks or []):
+            if not isinstance(cb, AbstractCallback):
+                raise TypeError(f"callbacks[{idx}] is a {type(cb).__name__}; every callback must be "
+                                "an AbstractCallback instance.")
+        for cb in callbacks or []:
+            if cb.device_idx_execution is not None and cb.device_idx_execution != rank:
+                continue
+            cb.register_train_loop_object(self.train_loop_obj)
+            self.registered_callbacks.append(cb)
+            if "on_train_loop_registration" in cb.implemented_hooks():
+                cb.on_train_loop_registration()
+        self.registered_callbacks.sort(key=lambda c: c.execution_order)
+        self._subscribers = {hook: [cb for cb in self.registered_callbacks
+                                    if hook in cb.implemented_hooks()] for hook in HOOKS}
+
+    def execute(self, hook: str, *args) -> None:
+        """Call ``hook(*args)`` on every subscribed callback, in order."""
+        for cb in self._subscribers[hook]:
+            getattr(cb, hook)(*args)
+
+    def has(self, hook: str) -> bool:
+        """Whether any registered callback implements ``hook``."""
+        return bool(self._subscribers[hook])
+
+    def print_registered_callbacks(self) -> None:
+        """Log the registered callbacks and the hooks each one implements."""
+        lines = ["Registered callbacks (in execution order):"]
+        for cb in self.registered_callbacks:
+            lines.append(f"  [{cb.execution_order}] {cb.callback_name}: "
+                         f"{', '.join(h for h in HOOKS if h in cb.implemented_hooks())}")
+        logger.info("\n".join(lines))
+
+    def state_dict(self) -> Dict[str, dict]:
+        """State of every stateful callback, keyed by name and occurrence."""
+        return {key: cb.state_dict() for key, cb in self._keyed_callbacks().items()
+                if cb.state_dict() is not None}
+
+    def load_state_dict(self, state: Dict[str, dict]) -> List[str]:
+        """Give each registered callback its saved state; returns the keys nobody claimed."""
+        keyed = self._keyed_callbacks()
+        for key, cb_state in state.items():
+            if key in keyed:
+                keyed[key].load_state_dict(cb_state)
+        return [key for key in state if key not in keyed]
+
+    def _keyed_callbacks(self) -> Dict[str, object]:
+        keyed, seen = {}, {}
+        for cb in self.registered_callbacks:
+            name = f"{type(cb).__qualname__}:{cb.callback_name}"
+            seen[name] = seen.get(name, -1) + 1
+            keyed[f"{name}:{seen[name]}"] = cb
+        return keyed

@@ -1,0 +1,143 @@
+"""The TrainLoop's full state: what a checkpoint holds and how a run continues from it.
+
+A checkpoint is the union of the pieces' ``state_dict()``s plus the loop's position: epoch,
+batches done in the epoch, counters, the RNG states now and at the start of the epoch, the
+epoch's training losses so far and any gradients of an unfinished accumulation window. A run
+resumed from it continues bit for bit as the uninterrupted run (on CPU).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Optional, Tuple
+
+import torch
+
+from aitoolbox.torchtrain.multi_loss_optim import MultiLoss
+from aitoolbox.torchtrain.train_loop.components.data_loading import (
+    loader_generator_states, set_loader_generator_states)
+from aitoolbox.torchtrain.train_loop.components.rng_state import get_rng_state, set_rng_state
+from aitoolbox.utils.io import atomic_torch_save
+
+FORMAT_VERSION = 1
+
+
+def rng_snapshot(loader) -> dict:
+    """Global RNG states and the generator states of ``loader``."""
+    return {"global": get_rng_state(), "loader": loader_generator_states(loader)}
+
+
+def restore_rng(loader, snapshot: dict) -> None:
+    """Restore a snapshot taken by :func:`rng_snapshot`."""
+    set_rng_state(snapshot["global"])
+    set_loader_generator_states(loader, snapshot["loader"])
+
+
+def position(loop) -> Tuple[int, int, int]:
+    """``(epoch, batches done in it, total batches done)`` as a resumed run must see them."""
+    if loop._checkpoint_phase == "batch_end":
+        return loop.epoch, loop.iteration + 1, loop.total_iteration_idx + 1
+    if loop._checkpoint_phase == "epoch_end":
+        return loop.epoch + 1, 0, loop.total_iteration_idx
+    return loop.epoch, loop.iteration, loop.total_iteration_idx
+
+
+def loop_state_dict(loop) -> dict:
+    """Everything needed to continue ``loop``'s run exactly."""
+    epoch, iteration, total_iteration = position(loop)
+    mid_epoch = iteration > 0
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_state_dict": loop.module.state_dict(),
+        "optimizer_state_dict": loop.optimizer.state_dict(),
+        "amp_scaler_state_dict": loop.amp_handler.state_dict(),
+        "epoch": epoch, "iteration": iteration, "total_iteration_idx": total_iteration,
+        "num_optimizer_steps": loop.num_optimizer_steps,
+        "train_history": loop.train_history.state_dict(),
+        "callbacks_state_dict": loop.callbacks_handler.state_dict(),
+        "rng_state": rng_snapshot(loop.train_loader),
+        "epoch_start_rng_state": loop.epoch_start_rng if mid_epoch else None,
+        "loss_batch_accum": _pack_losses(loop.loss_batch_accum) if mid_epoch else None,
+        "pending_grads": _pending_grads(loop.module),
+    }
+
+
+def load_loop_state_dict(loop, state: dict) -> None:
+    """Restore ``loop`` from :func:`loop_state_dict`'s output; the next ``fit`` continues it."""
+    if state.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"Unsupported checkpoint format_version {state.get('format_version')!r}; "
+                         f"this aitoolbox writes and reads version {FORMAT_VERSION}.")
+    loop.module.load_state_dict(state["model_state_dict"])
+    loop.optimizer.load_state_dict(state["optimizer_state_dict"])
+    loop.amp_handler.load_state_dict(state["amp_scaler_state_dict"])
+    loop.epoch, loop.iteration = state["epoch"], state["iteration"]
+    loop.total_iteration_idx = state["total_iteration_idx"]
+    loop.num_optimizer_steps = state["num_optimizer_steps"]
+    loop.train_history.load_state_dict(state["train_history"])
+    loop._pending_callback_state = state["callbacks_state_dict"]
+    if loop.callbacks_handler.registered_callbacks:
+        loop.callbacks_handler.load_state_dict(state["callbacks_state_dict"])
+    restore_rng(loop.train_loader, state["rng_state"])
+    loop.epoch_start_rng = state["epoch_start_rng_state"]
+    loop.loss_batch_accum = _unpack_losses(state["loss_batch_accum"])
+    loop._pending_grads = state["pending_grads"]
+    loop.weights_version += 1
+    loop.prediction_store.clear()
+
+
+def restore_pending_grads(loop) -> None:
+    """Put back the gradients of an unfinished accumulation window saved in a checkpoint."""
+    grads = getattr(loop, "_pending_grads", None)
+    if grads:
+        for param, grad in zip(loop.module.parameters(), grads):
+            param.grad = None if grad is None else grad.to(param.device)
+    loop._pending_grads = None
+
+
+def save_checkpoint(loop, path: str) -> str:
+    """Write the loop's state to ``path`` atomically (temporary file, fsync, rename)."""
+    return atomic_torch_save(loop.state_dict(), path)
+
+
+def load_checkpoint(loop, path: str) -> None:
+    """Load a checkpoint from a local path or an ``s3://bucket/key`` URI into ``loop``."""
+    loop.load_state_dict(read_checkpoint(path, map_location=loop.device))
+
+
+def read_checkpoint(path: str, map_location=None) -> dict:
+    """``torch.load(path, weights_only=True)``; an ``s3://`` URI is downloaded first."""
+    from aitoolbox.cloud.AWS.s3 import download_file, is_s3_uri, parse_s3_uri
+
+    if not is_s3_uri(path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No checkpoint file at {path!r}.")
+        return torch.load(path, map_location=map_location, weights_only=True)
+    bucket, key = parse_s3_uri(path)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        local_path = os.path.join(tmp_dir, os.path.basename(key) or "checkpoint.pt")
+        download_file(bucket, key, local_path)
+        return torch.load(local_path, map_location=map_location, weights_only=True)
+
+
+def _pending_grads(module) -> Optional[list]:
+    grads = [None if p.grad is None else p.grad.detach().clone() for p in module.parameters()]
+    return grads if any(g is not None for g in grads) else None
+
+
+def _pack_losses(losses: list):
+    if not losses:
+        return None
+    if isinstance(losses[0], MultiLoss):
+        return {"losses": {k: torch.stack([l[k] for l in losses]) for k in losses[0]},
+                "map": losses[0].loss_optimizer_map}
+    return torch.stack(losses)
+
+
+def _unpack_losses(packed) -> list:
+    if packed is None:
+        return []
+    if isinstance(packed, dict):
+        names = list(packed["losses"])
+        count = len(packed["losses"][names[0]])
+        return [MultiLoss({k: packed["losses"][k][i] for k in names}, packed["map"]) for i in range(count)]
+    return list(packed.unbind(0))

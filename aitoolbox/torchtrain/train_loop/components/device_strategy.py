@@ -1,0 +1,145 @@
+"""Device strategies: where the model runs and how work is split across devices.
+
+The TrainLoop asks its strategy - chosen once from ``gpu_mode`` through :data:`STRATEGIES` - to
+place and wrap the model, prepare loaders, synchronise gradients, and reduce evaluation results.
+The loop itself never branches on the mode.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+from typing import Any, ContextManager, Optional, Tuple
+
+import torch
+from torch import nn
+
+from aitoolbox.torchtrain.model import ModelFeed
+from aitoolbox.torchtrain.train_loop.components.data_loading import eval_loader
+
+
+class DeviceStrategy:
+    """One process, one device: the base every strategy extends.
+
+    Args:
+        cuda_device_idx: CUDA device to train on; None picks device 0 when CUDA is available.
+    """
+
+    #: the ``fit(**kwargs)`` that this strategy accepts, with their defaults
+    fit_kwargs: dict = {}
+    rank = 0
+    world_size = 1
+
+    def __init__(self, cuda_device_idx: Optional[int] = None):
+        self.device = self._pick_device(cuda_device_idx)
+        self.wrapped_module: Optional[nn.Module] = None
+
+    @staticmethod
+    def _pick_device(cuda_device_idx: Optional[int]) -> torch.device:
+        if cuda_device_idx is not None:
+            if not torch.cuda.is_available() or cuda_device_idx >= torch.cuda.device_count():
+                raise ValueError(f"cuda_device_idx={cuda_device_idx} but only "
+                                 f"{torch.cuda.device_count()} CUDA device(s) are visible; pass "
+                                 "cuda_device_idx=None to use the default device.")
+            return torch.device(f"cuda:{cuda_device_idx}")
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def check_fit_kwargs(self, kwargs: dict) -> dict:
+        """This strategy's fit kwargs, defaults filled in; unknown ones are an error.
+
+        Raises:
+            TypeError: a keyword that this ``gpu_mode`` does not take.
+        """
+        unknown = sorted(set(kwargs) - set(self.fit_kwargs))
+        if unknown:
+            raise TypeError(f"fit() got unexpected keyword argument(s) {unknown} for gpu_mode="
+                            f"'{self.gpu_mode}'; it accepts {sorted(self.fit_kwargs) or 'none'}.")
+        return {**self.fit_kwargs, **kwargs}
+
+    @property
+    def gpu_mode(self) -> str:
+        return next(k for k, v in STRATEGIES.items() if v.endswith(type(self).__name__))
+
+    def launch(self, loop, train_args: dict, strategy_args: dict):
+        """Run ``loop._train(**train_args)``, in as many processes as the strategy needs.
+
+        Returns:
+            What the TrainLoop's ``fit`` returns: the trained model.
+        """
+        return loop._train(**train_args)
+
+    def setup_model(self, module: nn.Module, feed_def, strategy_args: Optional[dict] = None) -> ModelFeed:
+        """Move ``module`` to the device and return the feed the loop calls."""
+        module.to(self.device)
+        self.wrapped_module = module
+        return ModelFeed(module, feed_def)
+
+    def compile_model(self, feed_def, compile_args) -> ModelFeed:
+        """``torch.compile`` the module in place (so ``self(...)`` in ``get_loss`` is compiled)."""
+        kwargs = compile_args if isinstance(compile_args, dict) else {}
+        module = self.wrapped_module
+        if not getattr(module, "_aitoolbox_compiled", False):
+            module.compile(**kwargs)
+            module._aitoolbox_compiled = True
+        return ModelFeed(module, feed_def)
+
+    def prepare_train_loader(self, loader):
+        """The loader to train with (the DDP strategy shards it across ranks)."""
+        return loader
+
+    def prepare_eval_loader(self, loader):
+        """The loader to evaluate with: the whole data set, in data-set order."""
+        return eval_loader(loader)
+
+    def set_epoch(self, loader, epoch: int) -> None:
+        """Tell a distributed sampler which epoch starts (no-op on one device)."""
+
+    def no_sync(self, stepping: bool) -> ContextManager:
+        """Context for a backward pass; skips gradient all-reduce on non-stepping batches (DDP)."""
+        return contextlib.nullcontext()
+
+    def reduce_eval(self, loss_sum: Any, num_samples: int) -> Tuple[Any, int]:
+        """Sum an evaluation loss sum and sample count over the ranks (identity here)."""
+        return loss_sum, num_samples
+
+    def gather_predictions(self, y_pred, y_true, metadata, dataset_len: Optional[int]):
+        """Every rank's predictions, in data-set order (identity here)."""
+        return y_pred, y_true, metadata
+
+    def any_rank(self, flag: bool) -> bool:
+        """True when ``flag`` is True on any rank (e.g. ``early_stop``)."""
+        return flag
+
+    def mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """Average a tensor over the ranks (identity here)."""
+        return value
+
+    def is_main_process(self) -> bool:
+        """Whether this process is the main one (rank 0)."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op on one device)."""
+
+
+class SingleDeviceStrategy(DeviceStrategy):
+    """``gpu_mode='single'``: CPU or one CUDA device."""
+
+
+#: gpu_mode -> strategy class path; imported on use so that unused modes cost nothing.
+STRATEGIES = {
+    "single": "aitoolbox.torchtrain.train_loop.components.device_strategy.SingleDeviceStrategy",
+    "dp": "aitoolbox.torchtrain.train_loop.components.dp_strategy.DataParallelStrategy",
+    "ddp": "aitoolbox.torchtrain.train_loop.components.ddp_strategy.DDPStrategy",
+}
+
+
+def make_strategy(gpu_mode: str, cuda_device_idx: Optional[int]) -> DeviceStrategy:
+    """Build the strategy for ``gpu_mode``.
+
+    Raises:
+        ValueError: unknown ``gpu_mode``.
+    """
+    if gpu_mode not in STRATEGIES:
+        raise ValueError(f"gpu_mode must be one of {list(STRATEGIES)}, got {gpu_mode!r}.")
+    module_path, cls_name = STRATEGIES[gpu_mode].rsplit(".", 1)
+    return getattr(importlib.import_module(module_path), cls_name)(cuda_device_idx)

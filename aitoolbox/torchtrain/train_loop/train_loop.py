@@ -1,0 +1,635 @@
+"""``TrainLoop``: the public API and the epoch / batch loop - nothing else.
+
+Device placement and parallelism live in the device strategy, mixed precision in the AMP handler,
+hook dispatch in the callbacks handler, caching in the prediction store and checkpoint state in
+``components/checkpointing.py``.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from aitoolbox.experiment.training_history import TrainingHistory
+from aitoolbox.torchtrain.model import split_model
+from aitoolbox.torchtrain.multi_loss_optim import MultiLoss, MultiOptimizer
+from aitoolbox.torchtrain.train_loop.components import checkpointing
+from aitoolbox.torchtrain.train_loop.components.amp_handler import AmpHandler
+from aitoolbox.torchtrain.train_loop.components.callback_handler import CallbacksHandler
+from aitoolbox.torchtrain.train_loop.components.device_strategy import make_strategy
+from aitoolbox.torchtrain.train_loop.components.message_passing import MessageService
+from aitoolbox.torchtrain.train_loop.components.pred_collate_fns import (
+    append_predictions, torch_cat_transf)
+from aitoolbox.torchtrain.train_loop.components.prediction_store import PredictionStore
+from aitoolbox.torchtrain.train_loop.components import validation
+from aitoolbox.torchtrain.train_loop.components.evaluation import (
+    batch_size_of, merge_metadata, rng_fork, weighted_sum)
+from aitoolbox.utils.log import get_logger
+
+
+class TrainLoop:
+    """Trains a model and predicts with it; the core of ``aitoolbox``.
+
+    The loop, with every hook in the order it runs (``cb.`` marks a callback hook)::
+
+        fit(num_epochs | num_iterations, callbacks, grad_accumulation)
+          cb.on_train_loop_registration()            (each callback, when registered)
+          cb.on_multiprocess_start()                 (gpu_mode='ddp', in every process)
+          cb.on_train_begin()
+          while epochs / iterations remain and not early_stop:
+              model.train(); cb.on_epoch_begin()
+              for batch in train_loader:
+                  cb.on_batch_begin()
+                  loss = _calculate_batch_loss(batch)             (under autocast)
+                  loss /= size of this accumulation window
+                  _backward_pass(loss, i) for each optimizer i    (no_sync() unless stepping)
+                  if should_execute_optimizer_update():
+                      for each optimizer i:
+                          cb.on_after_gradient_update(i)          (clip gradients here)
+                          _optimizer_step(i); _optimizer_zero_grad(i)
+                      scaler update; cb.on_after_optimizer_step() (per-step schedulers)
+                  cb.on_batch_end()
+              history['accumulated_loss'] <- mean training batch loss
+              auto_execute_end_of_epoch()    (history 'loss', 'val_loss'; per end_auto_eval)
+              cb.on_epoch_end()
+          auto_execute_end_of_training()     (history 'train_end_test_loss')
+          cb.on_train_end()
+
+    Args:
+        model: a ``TTModel``, a ``ModelWrap`` or a plain ``nn.Module`` (fed ``(*inputs, target)``
+            batches like ``TTBasicModel``).
+        train_loader: loader of the training set.
+        validation_loader: loader of the validation set, or None.
+        test_loader: loader of the test set, or None.
+        optimizer: a ``torch.optim.Optimizer`` or a ``MultiOptimizer``.
+        criterion: the loss module handed to the model's ``get_loss``, or a ``MultiLoss`` / None
+            when the model computes its losses itself.
+        collate_batch_pred_fn: ``fn(batch_pred, all_preds)`` collecting batch predictions.
+        pred_transform_fn: ``fn(all_preds)`` applied once to the collected predictions.
+        end_auto_eval: evaluate the train (and validation / test) loss at the end of every
+            epoch (True), never (False), or every n-th epoch (an int n).
+        lazy_experiment_save: tracking TrainLoops create the experiment folder only once the
+            first results exist.
+        print_callbacks: log the registered callbacks when training starts.
+        gpu_mode: ``'single'`` (CPU or one GPU), ``'dp'`` (DataParallel) or ``'ddp'``
+            (DistributedDataParallel).
+        cuda_device_idx: the CUDA device to use in ``'single'`` mode; None: the default one.
+        use_amp: mixed precision: False, True, or a dict of ``torch.amp.GradScaler`` arguments.
+            Autocast runs float16 with a GradScaler on CUDA and bfloat16 on CPU.
+        show_progress: show a tqdm progress bar per epoch on the main process.
+        torch_compile: ``torch.compile`` the model before training (False, True, or a dict of
+            ``torch.compile`` arguments).
+
+    Raises:
+        ValueError, TypeError: an invalid argument, named in the message, before any work.
+    """
+
+    def __init__(self, model, train_loader, validation_loader, test_loader, optimizer, criterion,
+                 collate_batch_pred_fn: Callable = append_predictions,
+                 pred_transform_fn: Callable = torch_cat_transf,
+                 end_auto_eval: Union[bool, int] = True, lazy_experiment_save: bool = False,
+                 print_callbacks: bool = False, gpu_mode: str = "single",
+                 cuda_device_idx: Optional[int] = None, use_amp: Union[bool, dict] = False,
+                 show_progress: bool = True, torch_compile: Union[bool, dict] = False):
+        validation.validate_init_args(model, train_loader, validation_loader, test_loader, optimizer,
+                                      criterion, end_auto_eval, use_amp, torch_compile)
+        self.model = model
+        self.train_loader, self.validation_loader, self.test_loader = (
+            train_loader, validation_loader, test_loader)
+        self.optimizer, self.criterion = optimizer, criterion
+        self.collate_batch_pred_fn, self.pred_transform_fn = collate_batch_pred_fn, pred_transform_fn
+        self.end_auto_eval, self.lazy_experiment_save = end_auto_eval, lazy_experiment_save
+        self.print_callbacks, self.show_progress = print_callbacks, show_progress
+        self.gpu_mode, self.cuda_device_idx, self.use_amp = gpu_mode, cuda_device_idx, use_amp
+        self.torch_compile = torch_compile
+
+        self.strategy = make_strategy(gpu_mode, cuda_device_idx)
+        self.device = self.strategy.device
+        self.module, self.feed_def = split_model(model)
+        self.feed = self.strategy.setup_model(self.module, self.feed_def)
+        self.amp_handler = AmpHandler(use_amp, self.device)
+        self.optimizers = list(optimizer) if isinstance(optimizer, MultiOptimizer) else [optimizer]
+
+        self.train_history = TrainingHistory(has_validation=validation_loader is not None,
+                                             has_test=test_loader is not None)
+        self.callbacks_handler = CallbacksHandler(self)
+        self.message_service = MessageService()
+        self.prediction_store = PredictionStore()
+        self.logger = get_logger()
+
+        self.epoch = 0  # index of the current epoch
+        self.iteration = 0  # index of the current batch within the epoch
+        self.total_iteration_idx = 0  # batches trained on over the whole run
+        self.num_optimizer_steps = 0  # real optimizer updates over the whole run
+        self.weights_version = 0  # bumped whenever the weights change: invalidates the cache
+        self.num_epochs, self.num_iterations, self.grad_accumulation = 0, 0, 1
+        self.early_stop = False
+        self.loss_batch_accum: List = []
+        self.epoch_start_rng: Optional[dict] = None
+        self._epoch_len = 0
+        self._pending_callback_state: Optional[dict] = None
+        self._checkpoint_phase = None  # 'batch_end' / 'epoch_end' while those hooks run
+        self._eval_loaders: Dict[int, Any] = {}
+
+    # ------------------------------------------------------------------ public training API
+    def fit(self, num_epochs: int = 0, num_iterations: int = 0, callbacks: Optional[Sequence] = None,
+            grad_accumulation: int = 1, **kwargs):
+        """Train the model.
+
+        ``num_epochs`` / ``num_iterations`` are totals to reach: a loop resumed from a checkpoint
+        (or fitted before) continues where it stopped. Exactly one of them is given.
+
+        Args:
+            num_epochs: train until this many epochs are done.
+            num_iterations: train until this many batches are done (may stop mid-epoch).
+            callbacks: ``AbstractCallback`` instances for this run.
+            grad_accumulation: accumulate gradients over this many batches per optimizer step.
+            **kwargs: arguments of the device strategy: ``dp_model_args`` for ``gpu_mode='dp'``;
+                ``ddp_model_args``, ``in_process_data_load``, ``num_nodes``, ``node_rank``,
+                ``num_gpus``, ``backend``, ``init_method``, ``on_gpu`` for ``gpu_mode='ddp'``.
+
+        Returns:
+            The trained model (the object passed to the TrainLoop).
+
+        Raises:
+            ValueError, TypeError: invalid arguments, before any training work.
+        """
+        validation.validate_fit_args(self, num_epochs, num_iterations, callbacks, grad_accumulation)
+        strategy_args = self.strategy.check_fit_kwargs(kwargs)
+        train_args = dict(num_epochs=num_epochs, num_iterations=num_iterations,
+                          callbacks=list(callbacks or []), grad_accumulation=grad_accumulation)
+        return self.strategy.launch(self, train_args, strategy_args)
+
+    def __call__(self, num_epochs: int = 0, num_iterations: int = 0,
+                 callbacks: Optional[Sequence] = None, grad_accumulation: int = 1, **kwargs):
+        """Same as :meth:`fit`."""
+        return self.fit(num_epochs, num_iterations, callbacks, grad_accumulation, **kwargs)
+
+    def _train(self, num_epochs: int, num_iterations: int, callbacks: Optional[Sequence] = None,
+               grad_accumulation: int = 1):
+        """Run the training loop in this process (see the class docstring for the hooks)."""
+        self._prepare_training(num_epochs, num_iterations, callbacks, grad_accumulation)
+        try:
+            self.callbacks_handler.execute("on_train_begin")
+            while not self._training_done() and not self.early_stop:
+                self._train_epoch()
+            if self._auto_eval_enabled():
+                self.auto_execute_end_of_training()
+            self.callbacks_handler.execute("on_train_end")
+        except BaseException as exc:
+            self.callbacks_handler.execute("on_train_crash", exc)
+            raise
+        return self.model
+
+    def _train_epoch(self) -> None:
+        """One epoch (or what is left of it): batches, then the end-of-epoch work."""
+        batches = self._open_epoch()
+        with self._progress_bar() as progress:
+            for batch_data in batches:
+                self._train_step(batch_data)
+                progress.update()
+                if self.early_stop or self.iteration >= self._epoch_len:
+                    break
+                if progress.disable is False and self.iteration % 50 == 0:
+                    progress.set_postfix(loss=self._loss_value(self.loss_batch_accum[-1]))
+        self._close_epoch()
+
+    def _train_step(self, batch_data) -> None:
+        """One batch: loss, backward, and (when the window is full) the optimizer update."""
+        handler = self.callbacks_handler
+        handler.execute("on_batch_begin")
+        stepping = self.should_execute_optimizer_update()
+        with self.strategy.no_sync(stepping):
+            loss_batch = self._calculate_batch_loss(batch_data)
+            self.loss_batch_accum.append(loss_batch.detach())
+            if self.grad_accumulation > 1:
+                loss_batch = loss_batch / self._window_size()
+            for optimizer_idx in range(len(self.optimizers)):
+                self._backward_pass(loss_batch, optimizer_idx)
+        if stepping:
+            for optimizer_idx in range(len(self.optimizers)):
+                handler.execute("on_after_gradient_update", optimizer_idx)
+                self._optimizer_step(optimizer_idx)
+                self._optimizer_zero_grad(optimizer_idx)
+            self.amp_handler.update()
+            self.num_optimizer_steps += 1
+            self.weights_version += 1
+            handler.execute("on_after_optimizer_step")
+        self._checkpoint_phase = "batch_end"
+        handler.execute("on_batch_end")
+        self._checkpoint_phase = None
+        self.iteration += 1
+        self.total_iteration_idx += 1
+
+    # ------------------------------------------------------------------ overridable step methods
+    def _calculate_batch_loss(self, batch_data):
+        """Run the batch through the model (under autocast) and return its loss.
+
+        Args:
+            batch_data: one batch from the train loader.
+
+        Returns:
+            The batch loss: a tensor or a ``MultiLoss``.
+        """
+        with self.amp_handler.autocast():
+            return self.feed.get_loss(batch_data, self.criterion, self.device)
+
+    def _backward_pass(self, loss_batch, optimizer_idx: int) -> None:
+        """Back-propagate the loss (the losses mapped to optimizer ``optimizer_idx``).
+
+        Args:
+            loss_batch: the batch loss: a tensor or a ``MultiLoss``.
+            optimizer_idx: index of the optimizer whose losses to back-propagate.
+        """
+        if isinstance(loss_batch, MultiLoss):
+            if optimizer_idx == 0:
+                loss_batch.check_optimizers(len(self.optimizers))
+            loss_batch.backward(optimizer_idx, self.amp_handler.backward)
+        elif optimizer_idx == 0:
+            self.amp_handler.backward(loss_batch)
+
+    def _optimizer_step(self, optimizer_idx: int) -> None:
+        """Step the optimizer ``optimizer_idx`` (through the GradScaler under AMP)."""
+        self.amp_handler.step(self.optimizers[optimizer_idx])
+
+    def _optimizer_zero_grad(self, optimizer_idx: int) -> None:
+        """Zero (set to None) the gradients of the optimizer ``optimizer_idx``."""
+        self.optimizers[optimizer_idx].zero_grad(set_to_none=True)
+
+    def should_execute_optimizer_update(self) -> bool:
+        """Whether the optimizer steps after the current batch.
+
+        True after every ``grad_accumulation`` batches and on the last batch of the epoch (or
+        of training, when ``num_iterations`` ends it mid-epoch).
+        """
+        return (self.iteration + 1) % self.grad_accumulation == 0 or self.iteration + 1 >= self._epoch_len
+
+    def _window_size(self) -> int:
+        """Number of batches in the accumulation window of the current batch."""
+        window_start = self.iteration - self.iteration % self.grad_accumulation
+        return min(self.grad_accumulation, self._epoch_len - window_start)
+
+    # ------------------------------------------------------------------ epoch bookkeeping
+    def _prepare_training(self, num_epochs, num_iterations, callbacks, grad_accumulation) -> None:
+        self.num_epochs, self.num_iterations = num_epochs, num_iterations
+        self.grad_accumulation = grad_accumulation
+        self.early_stop = False
+        self.module.train()
+        if self.torch_compile:
+            self.feed = self.strategy.compile_model(self.feed_def, self.torch_compile)
+        self.callbacks_handler.reset()
+        self.callbacks_handler.register_callbacks(callbacks, rank=self.strategy.rank)
+        if self._pending_callback_state is not None:
+            self.callbacks_handler.load_state_dict(self._pending_callback_state)
+            self._pending_callback_state = None
+        if self.print_callbacks and self.is_main_process():
+            self.callbacks_handler.print_registered_callbacks()
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        checkpointing.restore_pending_grads(self)
+
+    def _training_done(self) -> bool:
+        if self.num_iterations:
+            return self.total_iteration_idx >= self.num_iterations
+        return self.epoch >= self.num_epochs
+
+    def _open_epoch(self):
+        """Start (or re-enter, after a resume) the current epoch; returns the batch iterator."""
+        self.module.train()
+        self.strategy.set_epoch(self.train_loader, self.epoch)
+        self._epoch_len = self._batches_this_epoch()
+        if self.iteration == 0:
+            self.epoch_start_rng = checkpointing.rng_snapshot(self.train_loader)
+            self.loss_batch_accum = []
+            self.callbacks_handler.execute("on_epoch_begin")
+            return iter(self.train_loader)
+        # Mid-epoch: replay the epoch's start so that the remaining batches come in the same order.
+        current_rng = checkpointing.rng_snapshot(self.train_loader)
+        checkpointing.restore_rng(self.train_loader, self.epoch_start_rng)
+        batches = iter(self.train_loader)
+        for _ in itertools.islice(batches, self.iteration):
+            pass
+        checkpointing.restore_rng(self.train_loader, current_rng)
+        return batches
+
+    def _batches_this_epoch(self) -> int:
+        epoch_len = len(self.train_loader)
+        if self.num_iterations:
+            remaining = self.num_iterations - self.total_iteration_idx
+            epoch_len = min(epoch_len, self.iteration + remaining)
+        return epoch_len
+
+    def _close_epoch(self) -> None:
+        if self.loss_batch_accum:
+            self.insert_metric_result_into_history(
+                "accumulated_loss", self.convert_loss_to_float_dict_format(self._mean_train_loss()))
+        if self._auto_eval_enabled(epoch=self.epoch):
+            self.auto_execute_end_of_epoch()
+        epoch_complete = self.iteration >= len(self.train_loader) or self.early_stop
+        self._checkpoint_phase = "epoch_end" if epoch_complete else None
+        self.callbacks_handler.execute("on_epoch_end")
+        self._checkpoint_phase = None
+        self.message_service.end_of_epoch_trigger()
+        self.early_stop = self.strategy.any_rank(self.early_stop)
+        if epoch_complete:
+            self.epoch += 1
+            self.iteration = 0
+
+    def _mean_train_loss(self):
+        return self.strategy.mean_over_ranks(self.parse_loss(self.loss_batch_accum))
+
+    def _auto_eval_enabled(self, epoch: Optional[int] = None) -> bool:
+        if isinstance(self.end_auto_eval, bool) or epoch is None:
+            return bool(self.end_auto_eval)
+        return (epoch + 1) % self.end_auto_eval == 0
+
+    def _progress_bar(self):
+        enabled = self.show_progress and self.is_main_process()
+        if not enabled:
+            return _NoProgress()
+        return tqdm(total=self._epoch_len, initial=self.iteration, desc=f"Epoch {self.epoch + 1}",
+                    leave=False, dynamic_ncols=True)
+
+    @staticmethod
+    def _loss_value(loss) -> Union[float, str]:
+        if isinstance(loss, MultiLoss):
+            return f"{float(loss.total()):.4f}"
+        return float(loss)
+
+    # ------------------------------------------------------------------ end-of-epoch evaluation
+    def auto_execute_end_of_epoch(self) -> None:
+        """Evaluate the train (and validation) loss into the history: ``loss``, ``val_loss``."""
+        epoch = f"Epoch {self.epoch + 1}"
+        self._print_save_loss(self.evaluate_loss_on_train_set(), "loss", f"{epoch} training")
+        if self.validation_loader is not None:
+            self._print_save_loss(self.evaluate_loss_on_validation_set(), "val_loss", f"{epoch} validation")
+
+    def auto_execute_end_of_training(self) -> None:
+        """Evaluate the test loss into the history as ``train_end_test_loss``."""
+        if self.test_loader is not None:
+            self._print_save_loss(self.evaluate_loss_on_test_set(), "train_end_test_loss",
+                                  "End of training test")
+
+    def _print_save_loss(self, loss_parsed, loss_type_name: str, loss_print_description: str) -> None:
+        """Log a loss on the main process and append it to the history.
+
+        A ``MultiLoss`` is stored as its total under ``loss_type_name`` and per loss under
+        ``<loss_type_name>_<loss name>``.
+        """
+        value = self.convert_loss_to_float_dict_format(loss_parsed)
+        if isinstance(value, dict):
+            self.insert_metric_result_into_history(loss_type_name, sum(value.values()))
+        self.insert_metric_result_into_history(loss_type_name, value)
+        if self.is_main_process():
+            self.logger.info(f"{loss_print_description} loss: {value}")
+
+    def parse_loss(self, loss_record: List):
+        """Mean of a list of batch losses (tensors or ``MultiLoss``), in float64, on its device."""
+        if isinstance(loss_record[0], MultiLoss):
+            return MultiLoss({name: self.parse_loss([loss[name] for loss in loss_record])
+                              for name in loss_record[0]}, loss_record[0].loss_optimizer_map)
+        return torch.stack(loss_record).double().mean()
+
+    @staticmethod
+    def convert_loss_to_float_dict_format(loss) -> Union[float, dict]:
+        """A tensor loss as a float, a ``MultiLoss`` as a ``{name: float}`` dict."""
+        if isinstance(loss, MultiLoss):
+            return loss.item()
+        return float(loss)
+
+    def insert_metric_result_into_history(self, metric_name: str, metric_result) -> None:
+        """Append a metric result (float, or dict stored as ``<name>_<key>``) to the history."""
+        self.train_history.insert_single_result_into_history(metric_name, metric_result)
+
+    # ------------------------------------------------------------------ evaluation & prediction
+    def evaluate_loss_on_train_set(self, force_prediction: bool = False, float_dict_format: bool = False):
+        """Loss over the whole training set (sample-weighted mean), cached until the weights change.
+
+        Args:
+            force_prediction: recompute even when a cached value exists.
+            float_dict_format: return a float (``MultiLoss``: a dict) instead of a tensor.
+
+        Returns:
+            The loss on the CPU: a tensor / ``MultiLoss``, or a float / dict.
+        """
+        return self._cached_loss("train", self.train_loader, force_prediction, float_dict_format)
+
+    def evaluate_loss_on_validation_set(self, force_prediction: bool = False,
+                                        float_dict_format: bool = False):
+        """Loss over the whole validation set; see :meth:`evaluate_loss_on_train_set`."""
+        return self._cached_loss("validation", self.validation_loader, force_prediction, float_dict_format)
+
+    def evaluate_loss_on_test_set(self, force_prediction: bool = False, float_dict_format: bool = False):
+        """Loss over the whole test set; see :meth:`evaluate_loss_on_train_set`."""
+        return self._cached_loss("test", self.test_loader, force_prediction, float_dict_format)
+
+    def _cached_loss(self, dataset: str, loader, force: bool, float_dict_format: bool):
+        validation.require_loader(loader, dataset)
+        loss = None if force else self.prediction_store.get(dataset, "loss", self.weights_version)
+        if loss is None:
+            loss = self.evaluate_loss_with_model(loader, dataset)
+            self.prediction_store.put(dataset, "loss", self.weights_version, loss)
+        return self.convert_loss_to_float_dict_format(loss) if float_dict_format else loss
+
+    def evaluate_loss_with_model(self, data_loader, dataset: str):
+        """Uncached :meth:`evaluate_model_loss` on CPU, tagged with the dataset type."""
+        return _to_cpu(self.evaluate_model_loss(data_loader, dataset_info={"type": dataset}))
+
+    def evaluate_model_loss(self, data_loader, move_to_cpu: bool = False,
+                            dataset_info: Optional[dict] = None):
+        """Loss of the model over a data set: the sample-weighted mean of the batch losses.
+
+        The data set is read in order and whole (shuffling and ``drop_last`` are not applied);
+        under DDP every sample is counted exactly once across the ranks. Evaluation does not
+        draw from the training run's random number generators.
+
+        Args:
+            data_loader: the data.
+            move_to_cpu: return the loss on the CPU.
+            dataset_info: description of the data set, e.g. ``{'type': 'validation'}``.
+
+        Returns:
+            A float64 tensor, or a ``MultiLoss`` of them.
+        """
+        loader = self._eval_loader(data_loader)
+        loss_sum, num_samples = None, 0
+        with self._evaluation_mode(loader), torch.inference_mode():
+            for batch_data in loader:
+                with self.amp_handler.autocast():
+                    loss = self.feed.get_loss_eval(batch_data, self.criterion, self.device)
+                n = batch_size_of(batch_data)
+                loss_sum, num_samples = weighted_sum(loss_sum, loss, n), num_samples + n
+        validation.require_samples(num_samples, dataset_info)
+        loss_sum, num_samples = self.strategy.reduce_eval(loss_sum, num_samples)
+        loss = loss_sum / num_samples
+        return _to_cpu(loss) if move_to_cpu else loss
+
+    def predict_on_train_set(self, force_prediction: bool = False, execute_callbacks: bool = False):
+        """Predictions on the training set (in data-set order), cached until the weights change.
+
+        Args:
+            force_prediction: recompute even when cached predictions exist.
+            execute_callbacks: call ``on_after_batch_prediction`` for every batch.
+
+        Returns:
+            ``(y_pred, y_true, metadata)``, on the CPU.
+        """
+        return self._cached_predictions("train", self.train_loader, force_prediction, execute_callbacks)
+
+    def predict_on_validation_set(self, force_prediction: bool = False, execute_callbacks: bool = False):
+        """Predictions on the validation set; see :meth:`predict_on_train_set`."""
+        return self._cached_predictions("validation", self.validation_loader, force_prediction,
+                                        execute_callbacks)
+
+    def predict_on_test_set(self, force_prediction: bool = False, execute_callbacks: bool = False):
+        """Predictions on the test set; see :meth:`predict_on_train_set`."""
+        return self._cached_predictions("test", self.test_loader, force_prediction, execute_callbacks)
+
+    def _cached_predictions(self, dataset: str, loader, force: bool, execute_callbacks: bool):
+        validation.require_loader(loader, dataset)
+        result = None if force else self.prediction_store.get(dataset, "predictions", self.weights_version)
+        if result is None:
+            result = self.predict_with_model(loader, execute_callbacks, move_to_cpu=True,
+                                             dataset_info={"type": dataset})
+            self.prediction_store.put(dataset, "predictions", self.weights_version, result)
+        return result
+
+    def predict_with_model(self, data_loader, execute_callbacks: bool = False, move_to_cpu: bool = False,
+                           dataset_info: Optional[dict] = None):
+        """Run a data set through the model and collect the predictions, in data-set order.
+
+        Args:
+            data_loader: the data.
+            execute_callbacks: call ``on_after_batch_prediction`` for every batch.
+            move_to_cpu: move each batch's predictions to the CPU as they are made.
+            dataset_info: description of the data set, passed to the callbacks.
+
+        Returns:
+            ``(y_pred, y_true, metadata)``: the collected predictions, targets and metadata.
+        """
+        loader = self._eval_loader(data_loader)
+        y_pred, y_true, metadata = [], [], None
+        with self._evaluation_mode(loader), torch.no_grad():
+            for batch_data in loader:
+                with self.amp_handler.autocast():
+                    pred, true, meta = self.feed.get_predictions(batch_data, self.device)
+                if move_to_cpu:
+                    pred, true = _to_cpu(pred), _to_cpu(true)
+                y_pred = self.collate_batch_pred_fn(pred, y_pred)
+                y_true = self.collate_batch_pred_fn(true, y_true)
+                metadata = merge_metadata(metadata, meta)
+                if execute_callbacks:
+                    self.callbacks_handler.execute("on_after_batch_prediction", pred, true, meta, dataset_info)
+        y_pred, y_true = self.pred_transform_fn(y_pred), self.pred_transform_fn(y_true)
+        return self.strategy.gather_predictions(y_pred, y_true, metadata, len(loader.dataset))
+
+    def _eval_loader(self, loader):
+        key = id(loader)
+        if key not in self._eval_loaders:
+            self._eval_loaders[key] = (loader, self.strategy.prepare_eval_loader(loader))
+        return self._eval_loaders[key][1]
+
+    @contextlib.contextmanager
+    def _evaluation_mode(self, loader):
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with rng_fork(loader, self.device):
+                yield
+        finally:
+            self.module.train(was_training)
+
+    # ------------------------------------------------------------------ misc public API
+    def get_schedulers(self) -> list:
+        """The registered scheduler callbacks."""
+        from aitoolbox.torchtrain.schedulers.basic import AbstractScheduler
+        return [cb for cb in self.callbacks_handler.registered_callbacks if isinstance(cb, AbstractScheduler)]
+
+    def get_num_training_steps(self) -> int:
+        """Real optimizer updates over the whole run (accounts for gradient accumulation)."""
+        steps_per_epoch = math.ceil(len(self.train_loader) / self.grad_accumulation)
+        if not self.num_iterations:
+            return self.num_epochs * steps_per_epoch
+        full_epochs, rest = divmod(self.num_iterations, len(self.train_loader))
+        return full_epochs * steps_per_epoch + math.ceil(rest / self.grad_accumulation)
+
+    def is_main_process(self) -> bool:
+        """True in the main process (rank 0 under DDP; always on one device)."""
+        return self.strategy.is_main_process()
+
+    @property
+    def callbacks(self) -> list:
+        """The registered callbacks, in execution order."""
+        return self.callbacks_handler.registered_callbacks
+
+    @property
+    def amp_scaler(self):
+        """The ``torch.amp.GradScaler`` in use, or None."""
+        return self.amp_handler.scaler
+
+    @property
+    def optimizer_step_skipped(self) -> bool:
+        """Whether AMP's GradScaler skipped the last optimizer step (inf/NaN gradients)."""
+        return self.amp_handler.step_skipped
+
+    def unwrapped_model(self) -> torch.nn.Module:
+        """The user's ``nn.Module`` (inside ``ModelWrap``; never a DP / DDP wrapper)."""
+        return self.module
+
+    # ------------------------------------------------------------------ state & checkpoints
+    def state_dict(self) -> dict:
+        """Everything needed to continue this run exactly; see ``components/checkpointing.py``."""
+        return checkpointing.loop_state_dict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state from :meth:`state_dict`; the next ``fit`` continues from it."""
+        checkpointing.load_loop_state_dict(self, state)
+
+    def save_checkpoint(self, path: str) -> str:
+        """Write :meth:`state_dict` to ``path`` atomically; returns the path."""
+        return checkpointing.save_checkpoint(self, path)
+
+    def load_checkpoint(self, path: str) -> "TrainLoop":
+        """Load a checkpoint written by :meth:`save_checkpoint` (local path or ``s3://`` URI).
+
+        Returns:
+            self, so that ``loop.load_checkpoint(p).fit(num_epochs=n)`` continues the run.
+        """
+        checkpointing.load_checkpoint(self, path)
+        return self
+
+    # ------------------------------------------------------------------ seed-API compatibility
+    def _train_dp(self, num_epochs, num_iterations, callbacks=None, grad_accumulation=1, dp_model_args=None):
+        """Train with DataParallel (``gpu_mode='dp'``); same as ``fit(..., dp_model_args=...)``."""
+        return self.fit(num_epochs, num_iterations, callbacks, grad_accumulation, dp_model_args=dp_model_args)
+
+    def _train_ddp(self, num_epochs, num_iterations, callbacks=None, grad_accumulation=1, **ddp_kwargs):
+        """Train with DistributedDataParallel (``gpu_mode='ddp'``); same as ``fit(..., **ddp_kwargs)``."""
+        return self.fit(num_epochs, num_iterations, callbacks, grad_accumulation, **ddp_kwargs)
+
+
+class _NoProgress:
+    """Stand-in for a disabled progress bar (no tqdm object at all on the hot path)."""
+
+    disable = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, MultiLoss):
+        return value.map_values(lambda v: v.cpu())
+    return value

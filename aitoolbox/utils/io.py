@@ -1,0 +1,54 @@
+"""Atomic file writing: a crash or kill mid-write never leaves a truncated file behind."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Any, Iterator
+
+import torch
+
+
+@contextlib.contextmanager
+def atomic_write_path(path: str) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; on success it is fsynced and renamed to ``path``.
+
+    On an exception the temporary file is removed and ``path`` keeps its previous content.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(folder)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def _fsync_dir(folder: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str) -> str:
+    """``torch.save(obj, path)`` atomically; returns ``path``."""
+    with atomic_write_path(path) as tmp_path:
+        torch.save(obj, tmp_path)
+    return path
+
+
+def atomic_write_text(text: str, path: str) -> str:
+    """Write ``text`` to ``path`` atomically; returns ``path``."""
+    with atomic_write_path(path) as tmp_path:
+        with open(tmp_path, "w", encoding="utf-8") as f:
+            f.write(text)
+    return path
