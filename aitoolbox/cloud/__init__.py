@@ -1,0 +1,1 @@
+"""Cloud storage integrations used by experiment tracking."""

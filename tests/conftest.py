@@ -1,0 +1,137 @@
+"""Shared pytest fixtures.
+
+S3: a moto server on loopback (real HTTP, no in-process patching of botocore) with
+the ``AWS_*`` environment pointing at it, plus a fresh bucket per test.
+"""
+import logging
+import socket
+import urllib.request
+import uuid
+
+import pytest
+
+MOTO_HOST = "127.0.0.1"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((MOTO_HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((MOTO_HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+class MotoServer:
+    """A moto server on a fixed loopback port that tests can stop and restart.
+
+    moto keeps its state in process-wide backends, so a server restarted in the same
+    process still has the old buckets; :meth:`start` can wipe them (``reset_state``)
+    to behave like a freshly started, empty S3 endpoint.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.endpoint_url = f"http://{MOTO_HOST}:{port}"
+        self._server = None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self, reset_state: bool = False) -> None:
+        """Start the server (no-op if running), optionally wiping all moto state."""
+        from moto.server import ThreadedMotoServer
+
+        if self._server is None:
+            # ThreadedMotoServer.start() hangs forever if the port is taken: fail fast.
+            assert _port_is_free(self.port), f"port {self.port} is taken"
+            server = ThreadedMotoServer(ip_address=MOTO_HOST, port=self.port, verbose=False)
+            server.start()
+            self._server = server
+        if reset_state:
+            self.reset_state()
+
+    def stop(self) -> None:
+        """Stop the server; the listening socket is closed, so connections are refused."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def reset_state(self) -> None:
+        """Delete every bucket and object (all moto state) through moto's HTTP API."""
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        urllib.request.urlopen(request, timeout=10).close()
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    """Session-wide moto S3 server with the AWS environment pointed at it."""
+    server = MotoServer(_free_port())
+    no_config = tmp_path_factory.mktemp("aws") / "absent"
+    werkzeug_logger = logging.getLogger("werkzeug")
+    old_level = werkzeug_logger.level
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION",
+                     "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"):
+            mp.delenv(name, raising=False)
+        mp.setenv("AWS_ENDPOINT_URL", server.endpoint_url)
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_CONFIG_FILE", str(no_config))
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(no_config))
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        werkzeug_logger.setLevel(logging.WARNING)  # one INFO line per request otherwise
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+            werkzeug_logger.setLevel(old_level)
+
+
+@pytest.fixture
+def s3_endpoint_url(moto_server) -> str:
+    """Endpoint URL of the running moto server."""
+    moto_server.start()
+    return moto_server.endpoint_url
+
+
+def _raw_s3_client(endpoint_url: str):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint_url, region_name="us-east-1",
+                        config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint_url):
+    """Create a fresh, uniquely named bucket and yield its name; delete it afterwards."""
+    client = _raw_s3_client(s3_endpoint_url)
+    name = f"aitb-{uuid.uuid4().hex[:20]}"
+    client.create_bucket(Bucket=name)
+    yield name
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            for item in page.get("Contents", []):
+                client.delete_object(Bucket=name, Key=item["Key"])
+        client.delete_bucket(Bucket=name)
+    except Exception:  # the test may have wiped or stopped the server
+        pass
+
+
+@pytest.fixture
+def create_bucket(s3_endpoint_url):
+    """Function that (re)creates a bucket by name on the moto server."""
+    def _create(name: str) -> None:
+        _raw_s3_client(s3_endpoint_url).create_bucket(Bucket=name)
+    return _create
