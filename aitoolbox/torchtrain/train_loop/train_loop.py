@@ -525,7 +525,9 @@ class TrainLoop:
                 if execute_callbacks:
                     self.callbacks_handler.execute("on_after_batch_prediction", pred, true, meta, dataset_info)
         y_pred, y_true = self.pred_transform_fn(y_pred), self.pred_transform_fn(y_true)
-        return self.strategy.gather_predictions(y_pred, y_true, metadata, len(loader.dataset))
+        dataset = getattr(loader, "dataset", None)
+        dataset_len = len(dataset) if hasattr(dataset, "__len__") else None
+        return self.strategy.gather_predictions(y_pred, y_true, metadata, dataset_len)
 
     def _eval_loader(self, loader):
         key = id(loader)
