@@ -154,7 +154,8 @@ def test_seeded_shuffled_loader_and_in_process_data_load(tmp_path, no_master_env
     # A loader holding a torch.Generator kills spawned children unless the library copes (SPEC 6).
     data = helpers.IndexedDataset(40)
     model = helpers.RegressionNet()
-    loader = DataLoader(data, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(data, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(0),
+                        num_workers=1, persistent_workers=True)
     loop = TrainLoop(model, loader, None, None, torch.optim.SGD(model.parameters(), lr=0.01), nn.MSELoss(),
                      gpu_mode="ddp", show_progress=False)
     loop.fit(num_epochs=2, callbacks=[helpers.RecordSeenIndices(str(tmp_path))],
@@ -208,6 +209,17 @@ def test_torchrun_launch_trains_in_place(ref, tmp_path):
         assert (result["rank"], result["world_size"], result["in_place"]) == (rank, 2, True)
         assert max((result["state"][k] - v).abs().max().item() for k, v in ref_model.state_dict().items()) < 1e-5
         _assert_history_close(result["history"], ref_loop.train_history)
+
+
+@pytest.mark.timeout(150)
+def test_torchrun_failing_rank_ends_the_run_promptly(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", SCRIPT,
+           "--out", str(tmp_path), "--fail-rank", "1"]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, env=_subprocess_env(), capture_output=True, text=True, timeout=140)
+    assert proc.returncode != 0
+    assert "RuntimeError: boom from rank 1" in proc.stderr
+    assert time.monotonic() - start < 60  # 200 epochs were asked for: nobody waited for a timeout
 
 
 @pytest.mark.timeout(150)
@@ -288,3 +300,92 @@ def test_nccl_ddp_amp_float16_multiloss(no_master_env):
     assert loop.amp_scaler is None  # the parent keeps the model on the CPU
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert len(loop.train_history["val_loss_a"]) == 2
+
+
+# ---------------------------------------------------------------------------------------- pieces
+def _collate(batch):
+    return torch.utils.data.default_collate(batch)
+
+
+def _worker_init(worker_id):
+    torch.manual_seed(worker_id)
+
+
+def test_train_loader_copy_keeps_every_setting_and_the_sampler_seed():
+    from aitoolbox.torchtrain.train_loop.components.ddp_data import distributed_train_loader, sampler_seed
+
+    generator = torch.Generator().manual_seed(7)
+    loader = DataLoader(helpers.train_set(), batch_size=5, shuffle=True, collate_fn=_collate, num_workers=1,
+                        pin_memory=False, drop_last=True, persistent_workers=True, prefetch_factor=3,
+                        worker_init_fn=_worker_init, generator=generator, timeout=30)
+    assert sampler_seed(loader) == 7
+    copy = distributed_train_loader(loader, rank=1, world_size=2, seed=sampler_seed(loader))
+    for name in ("batch_size", "collate_fn", "num_workers", "pin_memory", "drop_last", "persistent_workers",
+                 "prefetch_factor", "worker_init_fn", "generator", "timeout", "dataset"):
+        assert getattr(copy, name) is getattr(loader, name) or getattr(copy, name) == getattr(loader, name), name
+    sampler = copy.sampler
+    assert isinstance(sampler, DistributedSampler)
+    assert (sampler.shuffle, sampler.seed, sampler.rank, sampler.num_replicas) == (True, 7, 1, 2)
+    assert len(copy) == 32 // 5  # 64 samples, 32 per rank, drop_last kept
+
+    sequential = distributed_train_loader(DataLoader(helpers.train_set(), batch_size=4), 0, 2, seed=3)
+    assert sequential.sampler.shuffle is False and list(sequential.sampler)[:3] == [0, 2, 4]
+
+
+def test_custom_sampler_is_split_and_evaluation_shards_exactly():
+    from aitoolbox.torchtrain.train_loop.components import ddp_data
+
+    data = helpers.validation_set(11)
+    subset = torch.utils.data.SubsetRandomSampler(list(range(9)), generator=torch.Generator().manual_seed(1))
+    train = ddp_data.distributed_train_loader(DataLoader(data, batch_size=2, sampler=subset), 1, 2, seed=0)
+    assert isinstance(train.sampler, ddp_data.ShardedSampler) and len(train.sampler) == 5
+
+    solo = [False]
+    plans = []
+    loaders = [ddp_data.exact_eval_loader(DataLoader(data, batch_size=3, shuffle=True), rank, 3,
+                                          lambda: solo[0], plans.append) for rank in range(3)]
+    shares = [[int(y) for _, y in loader for y in y.flatten()] for loader in loaders]
+    assert shares == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]  # no padding duplicates, in order
+    assert plans[0] == ddp_data.EvalPlan(True, 11)
+    solo[0] = True
+    assert [int(y) for _, y in loaders[2] for y in y.flatten()] == list(range(11))
+    tiny = ddp_data.exact_eval_loader(DataLoader(helpers.validation_set(2), batch_size=3), 0, 3,
+                                      lambda: False, plans.append)
+    assert tiny.plan == ddp_data.EvalPlan(False, 2)  # fewer samples than ranks: every rank reads all
+
+
+@pytest.mark.parametrize("num_samples, world_size", [(101, 2), (10, 3), (7, 7), (5, 4)])
+def test_rank_results_merge_back_into_dataset_order(num_samples, world_size):
+    import numpy as np
+
+    from aitoolbox.torchtrain.train_loop.components.ddp_collectives import _merge, _merge_metadata
+    from aitoolbox.torchtrain.train_loop.components.ddp_data import shard_counts
+
+    counts = shard_counts(num_samples, world_size)
+    assert sum(counts) == num_samples
+    tensors = [torch.arange(rank, num_samples, world_size) for rank in range(world_size)]
+    assert torch.equal(_merge(tensors, counts), torch.arange(num_samples))
+    assert _merge([t.tolist() for t in tensors], counts) == list(range(num_samples))
+    assert np.array_equal(_merge([t.numpy() for t in tensors], counts), np.arange(num_samples))
+    metadata = _merge_metadata([{"idx": t.tolist(), "batch": ["b"]} for t in tensors], counts)
+    assert metadata["idx"] == list(range(num_samples))
+    assert metadata["batch"] == ["b"] * world_size  # not per-sample: kept in rank order
+
+
+def test_master_env_picks_a_free_port_and_honours_the_environment(busy_default_ports, monkeypatch):
+    from aitoolbox.torchtrain.train_loop.components.ddp_config import DDPConfig
+    from aitoolbox.torchtrain.train_loop.components.ddp_launch import is_peer_failure, master_env
+
+    config = DDPConfig(1, 0, 2, "gloo", "env://", False, 60.0, {})
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    env = master_env(config)
+    assert env["MASTER_ADDR"] == "127.0.0.1" and env["MASTER_PORT"] not in ("8888", "29500")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", int(env["MASTER_PORT"])))  # it is free
+    monkeypatch.setenv("MASTER_ADDR", "10.1.2.3")
+    monkeypatch.setenv("MASTER_PORT", "4321")
+    assert master_env(config) == {"MASTER_ADDR": "10.1.2.3", "MASTER_PORT": "4321"}
+    assert master_env(DDPConfig(1, 0, 2, "gloo", "tcp://127.0.0.1:5", False, 60.0, {})) == {}
+    assert is_peer_failure(RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:1"))
+    assert not is_peer_failure(RuntimeError("boom"))

@@ -125,15 +125,11 @@ class ExactShardSampler(Sampler):
 
 
 class EvalPlan(NamedTuple):
-    """How one evaluation's results combine across ranks.
+    """How one evaluation's results combine across ranks."""
 
-    Attributes:
-        sharded: the ranks read disjoint shares (results are reduced / gathered), or each read
-            everything (results are used as they are).
-        num_samples: size of the evaluated sequence (None when unknown).
-    """
-
+    #: the ranks read disjoint shares (results are reduced / gathered), else each read everything
     sharded: bool
+    #: size of the evaluated sequence (None when unknown)
     num_samples: Optional[int]
 
 

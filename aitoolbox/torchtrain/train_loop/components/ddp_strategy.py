@@ -78,11 +78,13 @@ class DDPStrategy(DeviceStrategy):
         self._solo_depth = 0
         self._eval_plan: Optional[ddp_data.EvalPlan] = None
         self._owns_group = False
+        self._failed = False
 
     def __getstate__(self) -> dict:
         # Only the configuration travels to spawned processes; the rest is set up there.
         state = dict(self.__dict__)
-        state.update(ddp_model=None, feed=None, _comm=None, wrapped_module=None, _owns_group=False)
+        state.update(ddp_model=None, feed=None, _comm=None, wrapped_module=None, _owns_group=False,
+                     _failed=False)
         return state
 
     @property
@@ -125,10 +127,14 @@ class DDPStrategy(DeviceStrategy):
 
     def run(self, loop, train_args: dict, data_load: list):
         """Run the ``in_process_data_load`` callbacks, then train; returns the trained model."""
-        for cb in data_load:
-            cb.register_train_loop_object(loop)
-            cb.on_multiprocess_start()
-        loop._train(**train_args)
+        try:
+            for cb in data_load:
+                cb.register_train_loop_object(loop)
+                cb.on_multiprocess_start()
+            loop._train(**train_args)
+        except BaseException:
+            self._failed = True
+            raise
         return loop.model
 
     def setup_process(self, loop, config: DDPConfig, rank: int, world_size: int, local_rank: int) -> None:
@@ -162,7 +168,7 @@ class DDPStrategy(DeviceStrategy):
         dist.init_process_group(config.backend, init_method=config.init_method, rank=rank,
                                 world_size=world_size, timeout=datetime.timedelta(seconds=config.timeout))
         self._owns_group = True
-        if launcher_env() is not None:
+        if launcher_env() is not None and config.backend != "gloo":
             atexit.register(self.shutdown)
 
     def _wrap_model(self, loop, config: DDPConfig) -> "RankFeed":
@@ -177,9 +183,21 @@ class DDPStrategy(DeviceStrategy):
         return self.feed
 
     def shutdown(self) -> None:
-        """Destroy the process group if this strategy created it."""
-        if self._owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+        """Destroy the process group if this strategy created it (not a gloo one: see below).
+
+        The ranks first wait for each other (a rank tearing its connections down while a peer
+        still uses them aborts the peer), but not after a failure, nor for long: that would delay
+        the peers' own "connection closed" errors, which end a failed run. A gloo group is left to
+        the end of the process: destroying it while the peer destroys its own still aborted a
+        process now and then (``terminate called without an active exception``).
+        """
+        if self._owns_group and dist.is_initialized() and not self._failed and self.config.backend != "gloo":
+            try:
+                settled = dist.barrier(async_op=True).wait(timeout=datetime.timedelta(seconds=30))
+            except RuntimeError:
+                settled = False
+            if settled:
+                dist.destroy_process_group()
         self._owns_group = False
 
     # ------------------------------------------------------------------ strategy interface
