@@ -231,3 +231,15 @@ def load_rank_files(out_dir, name, world_size=2):
 def max_weight_diff(model_a, model_b):
     return max((a - b).abs().max().item() for a, b in zip(model_a.state_dict().values(),
                                                           model_b.state_dict().values()))
+
+
+class StopOnRank(AbstractCallback):
+    """Pinned to one rank: sets ``early_stop`` there in the middle of the first epoch."""
+
+    def __init__(self, rank, iteration):
+        super().__init__("stop on rank", device_idx_execution=rank)
+        self.iteration = iteration
+
+    def on_batch_end(self):
+        if self.train_loop_obj.iteration == self.iteration:
+            self.train_loop_obj.early_stop = True

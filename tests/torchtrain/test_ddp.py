@@ -174,6 +174,16 @@ def test_seeded_shuffled_loader_and_in_process_data_load(tmp_path, no_master_env
     assert loader.generator.initial_seed() == 0 and len(loader) == 8  # the user's loader is unchanged
 
 
+@pytest.mark.timeout(120)
+def test_early_stop_on_one_rank_mid_epoch_stops_every_rank(no_master_env):
+    model = helpers.RegressionNet()
+    loop = helpers.make_loop(model, batch_size=8, gpu_mode="ddp")
+    # Were the flag not shared, rank 0 would train on alone and wait in its next all-reduce.
+    loop.fit(num_epochs=5, callbacks=[helpers.StopOnRank(rank=1, iteration=1)], timeout=60, **CPU_DDP)
+    assert (loop.epoch, loop.total_iteration_idx, loop.num_optimizer_steps) == (1, 2, 2)
+    assert len(loop.train_history["accumulated_loss"]) == 1
+
+
 # ---------------------------------------------------------------------------------------- failures
 @pytest.mark.timeout(120)
 def test_failing_rank_ends_the_run_promptly_with_its_error(no_master_env):
