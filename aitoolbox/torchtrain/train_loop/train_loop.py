@@ -150,7 +150,8 @@ class TrainLoop:
             grad_accumulation: accumulate gradients over this many batches per optimizer step.
             **kwargs: arguments of the device strategy: ``dp_model_args`` for ``gpu_mode='dp'``;
                 ``ddp_model_args``, ``in_process_data_load``, ``num_nodes``, ``node_rank``,
-                ``num_gpus``, ``backend``, ``init_method``, ``on_gpu`` for ``gpu_mode='ddp'``.
+                ``num_gpus``, ``backend``, ``init_method``, ``on_gpu``, ``timeout`` for ``gpu_mode='ddp'``
+                (see ``docs/distributed.md``).
 
         Returns:
             The trained model (the object passed to the TrainLoop).
