@@ -1,6 +1,6 @@
 """The TrainLoop's full state: what a checkpoint holds and how a run continues from it.
 
-A checkpoint is the union of the pieces' ``state_dict()``s plus the loop's position: epoch,
+A checkpoint is the union of the ``state_dict()`` of every piece plus the loop's position: epoch,
 batches done in the epoch, counters, the RNG states now and at the start of the epoch, the
 epoch's training losses so far and any gradients of an unfinished accumulation window. A run
 resumed from it continues bit for bit as the uninterrupted run (on CPU).
