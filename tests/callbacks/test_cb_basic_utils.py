@@ -87,3 +87,16 @@ def test_convert_sync_batchnorm_rejects_a_bare_batchnorm_model():
     loop = make_loop(model=nn.BatchNorm1d(4))
     with pytest.raises(ValueError, match="itself is a BatchNorm"):
         loop.fit(num_epochs=1, callbacks=[ConvertSyncBatchNorm()])
+
+
+def test_convert_sync_batchnorm_keeps_batchnorm_on_cpu_in_a_process_group(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        model = bn_model()
+        with LogCapture() as logs:
+            make_loop(model=model).fit(num_epochs=1, callbacks=[ConvertSyncBatchNorm()])
+    finally:
+        dist.destroy_process_group()
+    assert type(model[1]) is nn.BatchNorm1d and "does not run on CPU" in logs.text()
