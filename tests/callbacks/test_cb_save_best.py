@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from aitoolbox.torchtrain.callbacks.save_best import SaveBestModel
-from tests.callbacks.cb_testkit import HistoryFeeder, Recorder, make_loop
+from tests.callbacks.cb_testkit import HistoryFeeder, LogCapture, Recorder, make_loop
 
 
 def snapshot(loop):
@@ -71,3 +71,10 @@ def test_save_best_model_best_weights_survive_a_checkpoint(tmp_path):
     resumed.fit(num_epochs=5, callbacks=[HistoryFeeder("val_acc", values), save_best])
     assert save_best.best_epoch == 1
     assert_same_weights(resumed.model.state_dict(), recorder.records[1])
+
+
+def test_save_best_model_warns_when_the_metric_never_comes():
+    loop = make_loop()
+    with LogCapture() as logs:
+        loop.fit(num_epochs=1, callbacks=[SaveBestModel(monitor="val_accuracy")])
+    assert "'val_accuracy' never got a value" in logs.text()

@@ -4,13 +4,11 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from aitoolbox.torchtrain.callbacks.basic import (
     AllPredictionsSame, EarlyStopping, TerminateOnNaN, ThresholdEarlyStopping)
 from aitoolbox.torchtrain.callbacks.metric_watch import infer_greater_is_better
 from aitoolbox.torchtrain.model import TTModel
-from aitoolbox.torchtrain.train_loop import TrainLoop
 from tests.callbacks.cb_testkit import HistoryFeeder, LogCapture, Recorder, make_loop, mlp
 
 NUM_EPOCHS = 10

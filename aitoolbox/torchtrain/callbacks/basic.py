@@ -162,15 +162,16 @@ class TerminateOnNaN(AbstractCallback):
             raise ValueError(f"check_every_n_batches must be >= 1 or None, got {check_every_n_batches}.")
         self.monitor = monitor
         self.check_every_n_batches = check_every_n_batches
+        self._check_every = 1
         self._flag: Optional[torch.Tensor] = None
-        self._num_batches = 0
-        self._num_seen = 0
+        self._num_batches = 0  # batches seen over the run: checks happen at the same ones on every rank
+        self._num_seen = 0  # values of the history metric already checked
 
     def on_train_begin(self):
-        if self.check_every_n_batches is None:
-            on_cpu = self.train_loop_obj.device.type == "cpu"
-            self.check_every_n_batches = 1 if on_cpu else 50
-        self._flag, self._num_batches = None, 0
+        self._check_every = self.check_every_n_batches
+        if self._check_every is None:
+            self._check_every = 1 if self.train_loop_obj.device.type == "cpu" else 50
+        self._flag = None
 
     def on_batch_end(self):
         loss = self.train_loop_obj.loss_batch_accum[-1]
@@ -178,7 +179,7 @@ class TerminateOnNaN(AbstractCallback):
         bad = ~torch.isfinite(values).all()
         self._flag = bad if self._flag is None else self._flag | bad
         self._num_batches += 1
-        if self._num_batches % self.check_every_n_batches == 0:
+        if self._num_batches % self._check_every == 0:
             self._check_flag("batch loss")
 
     def on_epoch_end(self):

@@ -60,7 +60,10 @@ class SaveBestModel(AbstractCallback):
             atomic_torch_save(self.best_state_dict, self.save_path)
 
     def on_train_end(self):
-        if self.load_at_end and self.best_state_dict is not None:
+        if self.best_state_dict is None:
+            get_logger().warning(f"SaveBestModel: metric {self.watcher.monitor!r} never got a value; no "
+                                 "weights were kept.")
+        elif self.load_at_end:
             self.load_best_model()
 
     def load_best_model(self) -> None:

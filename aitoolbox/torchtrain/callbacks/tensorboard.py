@@ -34,7 +34,8 @@ class TensorboardFullTracking(AbstractCallback):
     history key, with the value's position in its history list as the step (the epoch index for
     the per-epoch losses). Every ``batch_log_every_n_steps`` training batches the batch loss is
     written as ``batch/loss`` (``batch/loss_<name>`` for each loss of a ``MultiLoss``), with the
-    batch index over the run as the step. Runs on the main process only.
+    batch index over the run as the step (under DDP: the main process's own batch loss). Runs on
+    the main process only.
 
     Args:
         log_dir: folder of the event files; None: TensorBoard's default ``runs/<date>_<host>``.
