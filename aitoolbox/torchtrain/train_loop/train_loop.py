@@ -314,7 +314,10 @@ class TrainLoop:
         for _ in itertools.islice(batches, self.iteration):
             pass
         checkpointing.restore_rng(self.train_loader, current_rng)
-        return batches
+        # Never ask the replayed iterator for more than the epoch's remaining batches: an extra
+        # next() on an exhausted sampler draws from its generator (RandomSampler does), which the
+        # uninterrupted run - that stops after its last batch - never does.
+        return itertools.islice(batches, self._epoch_len - self.iteration)
 
     def _batches_this_epoch(self) -> int:
         epoch_len = len(self.train_loader)

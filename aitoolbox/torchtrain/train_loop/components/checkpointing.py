@@ -33,6 +33,22 @@ def restore_rng(loader, snapshot: dict) -> None:
     set_loader_generator_states(loader, snapshot["loader"])
 
 
+def plain_module(module: torch.nn.Module) -> torch.nn.Module:
+    """The user's module inside any DataParallel / DDP / ``torch.compile`` wrappers.
+
+    Its state dict has no ``module.`` / ``_orig_mod.`` prefixes, so a checkpoint loads into a
+    plain model.
+    """
+    wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    while True:
+        if isinstance(module, wrappers):
+            module = module.module
+        elif isinstance(getattr(module, "_orig_mod", None), torch.nn.Module):
+            module = module._orig_mod
+        else:
+            return module
+
+
 def position(loop) -> Tuple[int, int, int]:
     """``(epoch, batches done in it, total batches done)`` as a resumed run must see them."""
     if loop._checkpoint_phase == "batch_end":
@@ -42,13 +58,33 @@ def position(loop) -> Tuple[int, int, int]:
     return loop.epoch, loop.iteration, loop.total_iteration_idx
 
 
+def crash_state_is_exact(loop, batch_started: bool) -> bool:
+    """Whether the loop's state at a crash is a clean point to resume bit-exactly from.
+
+    Clean: between batches, before the current batch's backward pass (its loss is not recorded
+    yet), or once a batch / an epoch is complete (inside ``on_batch_end`` / ``on_epoch_end``).
+    Not clean: after a backward pass or optimizer step of an unfinished batch, or in the
+    end-of-epoch evaluation (the history may hold part of the epoch's entries).
+
+    Args:
+        loop: the TrainLoop, inside its crash handler.
+        batch_started: whether the current batch's ``on_batch_begin`` has run (as seen by the
+            caller, a callback that runs late in ``on_batch_begin`` and last in ``on_batch_end``).
+    """
+    if loop._checkpoint_phase is not None:
+        return True
+    if 0 < loop._epoch_len <= loop.iteration:
+        return False
+    return not batch_started or len(loop.loss_batch_accum) == loop.iteration
+
+
 def loop_state_dict(loop) -> dict:
     """Everything needed to continue ``loop``'s run exactly."""
     epoch, iteration, total_iteration = position(loop)
     mid_epoch = iteration > 0
     return {
         "format_version": FORMAT_VERSION,
-        "model_state_dict": loop.module.state_dict(),
+        "model_state_dict": plain_module(loop.module).state_dict(),
         "optimizer_state_dict": loop.optimizer.state_dict(),
         "amp_scaler_state_dict": loop.amp_handler.state_dict(),
         "epoch": epoch, "iteration": iteration, "total_iteration_idx": total_iteration,
@@ -67,7 +103,7 @@ def load_loop_state_dict(loop, state: dict) -> None:
     if state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"Unsupported checkpoint format_version {state.get('format_version')!r}; "
                          f"this aitoolbox writes and reads version {FORMAT_VERSION}.")
-    loop.module.load_state_dict(state["model_state_dict"])
+    plain_module(loop.module).load_state_dict(state["model_state_dict"])
     loop.optimizer.load_state_dict(state["optimizer_state_dict"])
     loop.amp_handler.load_state_dict(state["amp_scaler_state_dict"])
     loop.epoch, loop.iteration = state["epoch"], state["iteration"]
