@@ -104,21 +104,27 @@ class ModelCheckpoint(AbstractExperimentCallback):
                          hyperparams, cloud_save_mode, bucket_name, cloud_dir_prefix,
                          experiment_store=experiment_store, execution_order=SAVER_ORDER)
         self.registry = CheckpointRegistry(metric, num_best_checkpoints_kept)
-        self._batch_started = False
+        self.crash_point = checkpointing.CrashResumePoint()
+
+    def on_train_loop_registration(self):
+        super().on_train_loop_registration()
+        self.crash_point.on_train_begin(self.train_loop_obj)
 
     def on_train_begin(self):
-        self._batch_started = False
         if self.is_writer():
+            self.crash_point.on_train_begin(self.train_loop_obj)
             self.start_experiment()
 
     def on_batch_begin(self):
-        self._batch_started = True  # only read if training crashes in this batch
+        self.crash_point.on_batch_begin()
 
     def on_batch_end(self):
-        self._batch_started = False
+        if self.is_writer():
+            self.crash_point.on_batch_end(self.train_loop_obj)
 
     def on_epoch_end(self):
         if self.is_writer():
+            self.crash_point.on_epoch_end(self.train_loop_obj)
             self.save_checkpoint("epoch")
 
     def on_train_end(self):
@@ -129,9 +135,9 @@ class ModelCheckpoint(AbstractExperimentCallback):
         if not self.is_writer():
             return
         try:
-            exact = checkpointing.crash_state_is_exact(self.train_loop_obj, self._batch_started)
-            path = self.save_checkpoint("crash", crash_info={
-                "exception": f"{type(exception).__name__}: {exception}", "exact_resume": exact})
+            state, exact = self.crash_point.state_dict(self.train_loop_obj)
+            state["crash"] = {"exception": f"{type(exception).__name__}: {exception}", "exact_resume": exact}
+            path = self.save_checkpoint("crash", state)
             note = "resume from it is bit-exact" if exact else (
                 "it was taken mid-update, so a resume from it is not bit-exact; the newest regular "
                 "checkpoint is an exact resume point")
@@ -142,13 +148,13 @@ class ModelCheckpoint(AbstractExperimentCallback):
         finally:
             self.store.finish_run()
 
-    def save_checkpoint(self, kind: str, crash_info: Optional[Dict[str, Any]] = None) -> str:
+    def save_checkpoint(self, kind: str, state: Optional[Dict[str, Any]] = None) -> str:
         """Write a checkpoint of the TrainLoop now, mirror it, and apply the keep-best rule.
 
         Args:
             kind: ``'epoch'``, ``'iteration'`` or ``'crash'`` (an ``'epoch'`` checkpoint taken
                 when the epoch did not complete is stored as ``'iteration'``).
-            crash_info: for crash checkpoints: the exception and whether resume is exact.
+            state: the state to write (crash checkpoints); None: ``TrainLoop.state_dict()``.
 
         Returns:
             The local path of the checkpoint.
@@ -157,12 +163,13 @@ class ModelCheckpoint(AbstractExperimentCallback):
         epoch, iteration, total = checkpointing.position(loop)
         if kind == "epoch" and iteration != 0:
             kind = "iteration"
-        entry = self._entry(kind, epoch, iteration, total, crash_info)
-        self.registry.add(entry)  # before state_dict(): the saved callback state lists this file
+        entry = self._entry(kind, epoch, iteration, total, state.get("crash") if state else None)
+        self.registry.add(entry)
         path = self.store.local_path(ef.CHECKPOINT_DIR, entry["file"])
-        state = loop.state_dict()
-        if crash_info is not None:
-            state["crash"] = dict(crash_info)
+        if state is None:
+            state = loop.state_dict()  # after registry.add(): the saved callback state lists this file
+        else:
+            state["callbacks_state_dict"] = loop.callbacks_handler.state_dict()
         atomic_torch_save(state, path)
         self.store.publish(path)
         self._remove_suboptimal()

@@ -58,24 +58,61 @@ def position(loop) -> Tuple[int, int, int]:
     return loop.epoch, loop.iteration, loop.total_iteration_idx
 
 
-def crash_state_is_exact(loop, batch_started: bool) -> bool:
-    """Whether the loop's state at a crash is a clean point to resume bit-exactly from.
+class CrashResumePoint:
+    """Follows the run through callback hooks so that a crash checkpoint resumes exactly.
 
-    Clean: between batches, before the current batch's backward pass (its loss is not recorded
-    yet), or once a batch / an epoch is complete (inside ``on_batch_end`` / ``on_epoch_end``).
-    Not clean: after a backward pass or optimizer step of an unfinished batch, or in the
-    end-of-epoch evaluation (the history may hold part of the epoch's entries).
+    A crash inside a batch but before its backward pass (data loading, ``on_batch_begin``, the
+    forward pass) leaves the weights and optimizers as they were after the previous batch, but
+    the RNGs have moved on; the crash checkpoint then takes the RNG states of the start of the
+    batch (saved at the previous ``on_batch_end``, or at the epoch start). A crash after the
+    backward pass, or in the end-of-epoch evaluation, is not a clean point: its checkpoint holds
+    the state as it was and is flagged as not exact.
 
-    Args:
-        loop: the TrainLoop, inside its crash handler.
-        batch_started: whether the current batch's ``on_batch_begin`` has run (as seen by the
-            caller, a callback that runs late in ``on_batch_begin`` and last in ``on_batch_end``).
+    The hooks must be called from a callback that runs after all others (a saver). Taking the
+    RNG snapshot costs some tens of microseconds per batch.
     """
-    if loop._checkpoint_phase is not None:
-        return True
-    if 0 < loop._epoch_len <= loop.iteration:
-        return False
-    return not batch_started or len(loop.loss_batch_accum) == loop.iteration
+
+    def __init__(self):
+        self.batch_started = False
+        self.batch_start_rng: Optional[dict] = None
+        self.seen_epoch_rng: Optional[dict] = None
+
+    def on_train_begin(self, loop) -> None:
+        """At registration and training start (after a resume the RNGs are the checkpoint's)."""
+        self.batch_started = False
+        self.batch_start_rng = rng_snapshot(loop.train_loader) if loop.iteration > 0 else None
+        self.seen_epoch_rng = loop.epoch_start_rng
+
+    def on_batch_begin(self) -> None:
+        self.batch_started = True
+
+    def on_batch_end(self, loop) -> None:
+        self.batch_started = False
+        self.batch_start_rng = rng_snapshot(loop.train_loader)
+
+    def on_epoch_end(self, loop) -> None:
+        self.seen_epoch_rng = loop.epoch_start_rng
+
+    def state_dict(self, loop) -> Tuple[dict, bool]:
+        """The loop's state as of the last clean point, and whether resuming from it is exact."""
+        state = loop_state_dict(loop)
+        exact, rng = self._resume_rng(loop)
+        if rng is not None:
+            state["rng_state"] = rng
+        return state, exact
+
+    def _resume_rng(self, loop) -> Tuple[bool, Optional[dict]]:
+        if loop._checkpoint_phase is not None:
+            return True, None  # a batch or an epoch is complete: the current state resumes exactly
+        if self.batch_started and len(loop.loss_batch_accum) > loop.iteration:
+            return False, None  # this batch's backward pass (or optimizer step) may have run
+        if 0 < loop._epoch_len <= loop.iteration:
+            return False, None  # in the end-of-epoch work: the history may be half updated
+        if loop.iteration > 0:
+            return self.batch_start_rng is not None, self.batch_start_rng
+        if loop.epoch_start_rng is not self.seen_epoch_rng:
+            return True, loop.epoch_start_rng  # the epoch was opened; a resume opens it again
+        return True, None
 
 
 def loop_state_dict(loop) -> dict:
