@@ -70,6 +70,16 @@ def test_continue_training_from_the_bucket(s3_bucket, tmp_path):
         assert torch.equal(p_resumed, p_trained)
 
 
+def test_save_and_load_checkpoint_with_s3_uri(s3_bucket):
+    loop = TrainLoop(*loop_args(), show_progress=False)
+    loop.fit(num_epochs=1)
+    uri = f"s3://{s3_bucket}/manual/ckpt.pt"
+    assert loop.save_checkpoint(uri) == uri
+    restored = TrainLoop(*loop_args(seed=9), show_progress=False).load_checkpoint(uri)
+    for p_restored, p_trained in zip(restored.model.parameters(), loop.model.parameters()):
+        assert torch.equal(p_restored, p_trained)
+
+
 def test_missing_bucket_is_a_clear_error_before_training(s3_endpoint_url, tmp_path):
     with pytest.raises(ValueError, match="'no-such-bucket-aitb'.*does not exist"):
         TrainLoopCheckpoint(*loop_args(), "proj", "exp", tmp_path, {}, bucket_name="no-such-bucket-aitb")

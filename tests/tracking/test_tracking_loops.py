@@ -259,3 +259,14 @@ def test_standalone_end_save_checks_loader_at_registration(tmp_path):
     loop = TrainLoop(*loop_args(with_test=False), show_progress=False)
     with pytest.raises(ValueError, match="test_loader"):
         loop.fit(num_epochs=1, callbacks=[NeverTrain("never"), end_save])
+
+
+def test_tracking_imports_no_optional_dependency():
+    import subprocess
+    code = ("import sys, aitoolbox, aitoolbox.torchtrain.callbacks.performance_eval, "
+            "aitoolbox.torchtrain.callbacks.model_load\n"
+            "from aitoolbox.torchtrain.train_loop import TrainLoopCheckpointEndSave\n"
+            "print(sorted(m for m in ('boto3', 'botocore', 'matplotlib', 'yaml') if m in sys.modules))")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

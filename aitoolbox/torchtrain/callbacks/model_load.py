@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import tempfile
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 from aitoolbox.experiment import experiment_folder as ef
 from aitoolbox.experiment.checkpoint_registry import MANIFEST_FILE, find_latest_checkpoint, newest_entry
@@ -68,7 +68,8 @@ class ModelLoadContinueTraining(AbstractCallback):
             self._init_experiment(saved_experiment_timestamp, saved_model_dir, project_name, experiment_name,
                                   local_model_result_folder_path)
         elif not isinstance(checkpoint_path, (str, os.PathLike)):
-            raise TypeError(f"checkpoint_path must be a path or an s3:// URI, got {type(checkpoint_path).__name__}.")
+            raise TypeError("checkpoint_path must be a path or an s3:// URI, got "
+                            f"{type(checkpoint_path).__name__}.")
 
     def _init_experiment(self, timestamp, saved_model_dir, project_name, experiment_name, root) -> None:
         given = {"saved_experiment_timestamp": timestamp, "project_name": project_name,

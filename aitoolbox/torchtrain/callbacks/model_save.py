@@ -69,7 +69,8 @@ class ModelCheckpoint(AbstractExperimentCallback):
 
     A checkpoint holds everything to continue the run exactly (see
     :meth:`~aitoolbox.torchtrain.train_loop.train_loop.TrainLoop.state_dict`); continue with
-    ``TrainLoop.load_checkpoint(path)`` or :class:`~aitoolbox.torchtrain.callbacks.model_load.ModelLoadContinueTraining`.
+    ``TrainLoop.load_checkpoint(path)`` or
+    :class:`~aitoolbox.torchtrain.callbacks.model_load.ModelLoadContinueTraining`.
     Files: ``checkpoint_model/model_epoch_<E>.pt``, the crash checkpoint
     ``model_crash_iteration_<T>.pt`` and the manifest ``checkpoints.json``.
 
@@ -211,9 +212,10 @@ class ModelIterationCheckpoint(ModelCheckpoint):
     Args:
         save_frequency: checkpoint after every this many training batches (counted over the
             whole run); must be >= 1.
-        project_name, experiment_name, local_model_result_folder_path, hyperparams,
-        cloud_save_mode, bucket_name, cloud_dir_prefix, rm_subopt_local_models,
-        num_best_checkpoints_kept, experiment_store: as in :class:`ModelCheckpoint`.
+        project_name, experiment_name, local_model_result_folder_path: as in :class:`ModelCheckpoint`.
+        hyperparams, cloud_save_mode, bucket_name, cloud_dir_prefix: as in :class:`ModelCheckpoint`.
+        rm_subopt_local_models, num_best_checkpoints_kept: as in :class:`ModelCheckpoint`.
+        experiment_store: as in :class:`ModelCheckpoint`.
 
     Raises:
         TypeError, ValueError: an invalid argument or a missing bucket, before any training.

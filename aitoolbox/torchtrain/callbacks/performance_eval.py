@@ -67,7 +67,8 @@ class ModelPerformanceEvaluation(AbstractCallback):
                  eval_frequency: Optional[int] = None):
         super().__init__("Model performance evaluation", execution_order=EVALUATION_ORDER)
         if not isinstance(result_package, AbstractResultPackage):
-            raise TypeError("result_package must be an AbstractResultPackage (e.g. ClassificationResultPackage()), "
+            raise TypeError("result_package must be an AbstractResultPackage (e.g. "
+                            "ClassificationResultPackage()), "
                             f"got {type(result_package).__name__}.")
         if not on_train_data and not on_val_data:
             raise ValueError("ModelPerformanceEvaluation evaluates nothing: set on_train_data and/or on_val_data.")
@@ -202,9 +203,9 @@ class ModelTrainHistoryPlot(_HistoryOutputCallback):
         epoch_end: plot at every epoch end.
         train_end: plot at the end of training.
         file_format: image format understood by matplotlib (``'png'``, ``'pdf'``, ``'svg'``, ...).
-        project_name, experiment_name, local_model_result_folder_path, cloud_save_mode,
-        bucket_name, cloud_dir_prefix: the experiment, as in ``ModelCheckpoint``; None: the
-            TrainLoop's.
+        project_name, experiment_name, local_model_result_folder_path: the experiment, as in
+            ``ModelCheckpoint``; None (all three): the TrainLoop's experiment.
+        cloud_save_mode, bucket_name, cloud_dir_prefix: as in ``ModelCheckpoint``.
 
     Raises:
         TypeError, ValueError: invalid arguments or a missing bucket.
@@ -231,9 +232,9 @@ class ModelTrainHistoryFileWriter(_HistoryOutputCallback):
         epoch_end: write at every epoch end.
         train_end: write at the end of training.
         file_format: ``'txt'`` (one readable line per epoch), ``'csv'`` or ``'json'``.
-        project_name, experiment_name, local_model_result_folder_path, cloud_save_mode,
-        bucket_name, cloud_dir_prefix: the experiment, as in ``ModelCheckpoint``; None: the
-            TrainLoop's.
+        project_name, experiment_name, local_model_result_folder_path: the experiment, as in
+            ``ModelCheckpoint``; None (all three): the TrainLoop's experiment.
+        cloud_save_mode, bucket_name, cloud_dir_prefix: as in ``ModelCheckpoint``.
 
     Raises:
         TypeError, ValueError: invalid arguments or a missing bucket.

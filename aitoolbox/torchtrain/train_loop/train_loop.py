@@ -593,7 +593,7 @@ class TrainLoop:
         checkpointing.load_loop_state_dict(self, state)
 
     def save_checkpoint(self, path: str) -> str:
-        """Write :meth:`state_dict` to ``path`` atomically; returns the path."""
+        """Write :meth:`state_dict` atomically to ``path`` (local or ``s3://`` URI); returns it."""
         return checkpointing.save_checkpoint(self, path)
 
     def load_checkpoint(self, path: str) -> "TrainLoop":

@@ -8,7 +8,7 @@ before any training.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 from aitoolbox.experiment.experiment_store import ExperimentStore
 from aitoolbox.experiment.result_package.abstract_result_packages import AbstractResultPackage
@@ -61,8 +61,8 @@ class TrainLoopCheckpoint(_TrackingMixin, TrainLoop):
     ``s3://<bucket_name>/<cloud_dir_prefix>/...`` with ``cloud_save_mode='s3'``.
 
     Args:
-        model, train_loader, validation_loader, test_loader, optimizer, criterion: as in
-            :class:`TrainLoop`.
+        model, train_loader, validation_loader, test_loader: as in :class:`TrainLoop`.
+        optimizer, criterion: as in :class:`TrainLoop`.
         project_name: project folder name (one plain folder name).
         experiment_name: experiment name (one plain folder name).
         local_model_result_folder_path: results root folder.
@@ -78,9 +78,9 @@ class TrainLoopCheckpoint(_TrackingMixin, TrainLoop):
             metric name ranks by that metric. Local files only; the newest is always kept.
         num_best_checkpoints_kept: how many of the best checkpoints to keep.
         iteration_save_freq: also checkpoint every this many training batches (0: never).
-        collate_batch_pred_fn, pred_transform_fn, end_auto_eval, lazy_experiment_save,
-        print_callbacks, gpu_mode, cuda_device_idx, use_amp, show_progress, torch_compile: as in
-            :class:`TrainLoop`.
+        collate_batch_pred_fn, pred_transform_fn, end_auto_eval: as in :class:`TrainLoop`.
+        lazy_experiment_save, print_callbacks, gpu_mode, cuda_device_idx: as in :class:`TrainLoop`.
+        use_amp, show_progress, torch_compile: as in :class:`TrainLoop`.
 
     Raises:
         TypeError, ValueError: an invalid argument, an unwritable folder or a missing bucket.
@@ -112,17 +112,16 @@ class TrainLoopEndSave(_TrackingMixin, TrainLoop):
     """TrainLoop that saves the final model, results, history and plots at the end of training.
 
     Args:
-        model, train_loader, validation_loader, test_loader, optimizer, criterion: as in
-            :class:`TrainLoop`.
-        project_name, experiment_name, local_model_result_folder_path, hyperparams: the
-            experiment, as in :class:`TrainLoopCheckpoint`.
+        model, train_loader, validation_loader, test_loader: as in :class:`TrainLoop`.
+        optimizer, criterion: as in :class:`TrainLoop`.
+        project_name, experiment_name: the experiment, as in :class:`TrainLoopCheckpoint`.
+        local_model_result_folder_path, hyperparams: as in :class:`TrainLoopCheckpoint`.
         val_result_package: result package evaluated on the validation predictions at the end.
         test_result_package: result package evaluated on the test predictions at the end.
-        cloud_save_mode, bucket_name, cloud_dir_prefix, source_dirs: as in
-            :class:`TrainLoopCheckpoint`.
-        collate_batch_pred_fn, pred_transform_fn, end_auto_eval, lazy_experiment_save,
-        print_callbacks, gpu_mode, cuda_device_idx, use_amp, show_progress, torch_compile: as in
-            :class:`TrainLoop`.
+        cloud_save_mode, bucket_name, cloud_dir_prefix, source_dirs: as in :class:`TrainLoopCheckpoint`.
+        collate_batch_pred_fn, pred_transform_fn, end_auto_eval: as in :class:`TrainLoop`.
+        lazy_experiment_save, print_callbacks, gpu_mode, cuda_device_idx: as in :class:`TrainLoop`.
+        use_amp, show_progress, torch_compile: as in :class:`TrainLoop`.
 
     Raises:
         TypeError, ValueError: an invalid argument, a result package without its data loader, an
@@ -147,8 +146,8 @@ class TrainLoopEndSave(_TrackingMixin, TrainLoop):
         self.experiment_store = ExperimentStore(project_name, experiment_name, local_model_result_folder_path,
                                                 hyperparams, cloud_save_mode, bucket_name, cloud_dir_prefix,
                                                 source_dirs)
-        self.tracking_callbacks = [ModelTrainEndSave(None, None, None, None, val_result_package, test_result_package,
-                                                     experiment_store=self.experiment_store)]
+        self.tracking_callbacks = [ModelTrainEndSave(None, None, None, None, val_result_package,
+                                                     test_result_package, experiment_store=self.experiment_store)]
 
 
 class TrainLoopCheckpointEndSave(_TrackingMixin, TrainLoop):
@@ -157,16 +156,17 @@ class TrainLoopCheckpointEndSave(_TrackingMixin, TrainLoop):
     Combines :class:`TrainLoopCheckpoint` and :class:`TrainLoopEndSave` in one experiment folder.
 
     Args:
-        model, train_loader, validation_loader, test_loader, optimizer, criterion: as in
-            :class:`TrainLoop`.
-        project_name, experiment_name, local_model_result_folder_path, hyperparams: the
-            experiment, as in :class:`TrainLoopCheckpoint`.
+        model, train_loader, validation_loader, test_loader: as in :class:`TrainLoop`.
+        optimizer, criterion: as in :class:`TrainLoop`.
+        project_name, experiment_name: the experiment, as in :class:`TrainLoopCheckpoint`.
+        local_model_result_folder_path, hyperparams: as in :class:`TrainLoopCheckpoint`.
         val_result_package, test_result_package: as in :class:`TrainLoopEndSave`.
-        cloud_save_mode, bucket_name, cloud_dir_prefix, source_dirs, rm_subopt_local_models,
-        num_best_checkpoints_kept, iteration_save_freq: as in :class:`TrainLoopCheckpoint`.
-        collate_batch_pred_fn, pred_transform_fn, end_auto_eval, lazy_experiment_save,
-        print_callbacks, gpu_mode, cuda_device_idx, use_amp, show_progress, torch_compile: as in
-            :class:`TrainLoop`.
+        cloud_save_mode, bucket_name, cloud_dir_prefix, source_dirs: as in :class:`TrainLoopCheckpoint`.
+        rm_subopt_local_models, num_best_checkpoints_kept: as in :class:`TrainLoopCheckpoint`.
+        iteration_save_freq: as in :class:`TrainLoopCheckpoint`.
+        collate_batch_pred_fn, pred_transform_fn, end_auto_eval: as in :class:`TrainLoop`.
+        lazy_experiment_save, print_callbacks, gpu_mode, cuda_device_idx: as in :class:`TrainLoop`.
+        use_amp, show_progress, torch_compile: as in :class:`TrainLoop`.
 
     Raises:
         TypeError, ValueError: an invalid argument, an unwritable folder or a missing bucket.

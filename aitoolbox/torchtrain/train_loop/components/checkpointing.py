@@ -1,6 +1,6 @@
 """The TrainLoop's full state: what a checkpoint holds and how a run continues from it.
 
-A checkpoint is the union of the pieces' ``state_dict()``s plus the loop's position: epoch,
+A checkpoint is the union of the pieces' ``state_dict()`` outputs plus the loop's position: epoch,
 batches done in the epoch, counters, the RNG states now and at the start of the epoch, the
 epoch's training losses so far and any gradients of an unfinished accumulation window. A run
 resumed from it continues bit for bit as the uninterrupted run (on CPU).
@@ -168,8 +168,20 @@ def restore_pending_grads(loop) -> None:
 
 
 def save_checkpoint(loop, path: str) -> str:
-    """Write the loop's state to ``path`` atomically (temporary file, fsync, rename)."""
-    return atomic_torch_save(loop.state_dict(), path)
+    """Write the loop's state to ``path`` atomically (temporary file, fsync, rename).
+
+    An ``s3://bucket/key`` URI is written to a temporary local file and uploaded (waiting for it).
+    """
+    from aitoolbox.cloud.AWS.s3 import is_s3_uri, parse_s3_uri, upload_file
+
+    if not is_s3_uri(path):
+        return atomic_torch_save(loop.state_dict(), path)
+    bucket, key = parse_s3_uri(path)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        local_path = os.path.join(tmp_dir, "checkpoint.pt")
+        torch.save(loop.state_dict(), local_path)
+        upload_file(local_path, bucket, key)
+    return path
 
 
 def load_checkpoint(loop, path: str) -> None:
