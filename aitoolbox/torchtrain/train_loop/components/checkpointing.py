@@ -152,7 +152,8 @@ def load_loop_state_dict(loop, state: dict) -> None:
         loop.callbacks_handler.load_state_dict(state["callbacks_state_dict"])
     restore_rng(loop.train_loader, state["rng_state"])
     loop.epoch_start_rng = state["epoch_start_rng_state"]
-    loop.loss_batch_accum = _unpack_losses(state["loss_batch_accum"])
+    losses = _unpack_losses(state["loss_batch_accum"])
+    loop.loss_batch_accum = [_to_device(loss, loop.device) for loss in losses]
     loop._pending_grads = state["pending_grads"]
     loop.weights_version += 1
     loop.prediction_store.clear()
@@ -185,8 +186,12 @@ def save_checkpoint(loop, path: str) -> str:
 
 
 def load_checkpoint(loop, path: str) -> None:
-    """Load a checkpoint from a local path or an ``s3://bucket/key`` URI into ``loop``."""
-    loop.load_state_dict(read_checkpoint(path, map_location=loop.device))
+    """Load a checkpoint from a local path or an ``s3://bucket/key`` URI into ``loop``.
+
+    Read onto the CPU: RNG states must stay CPU tensors; the model and optimizers copy their
+    states to their own devices.
+    """
+    loop.load_state_dict(read_checkpoint(path, map_location="cpu"))
 
 
 def read_checkpoint(path: str, map_location=None) -> dict:
@@ -202,6 +207,12 @@ def read_checkpoint(path: str, map_location=None) -> dict:
         local_path = os.path.join(tmp_dir, os.path.basename(key) or "checkpoint.pt")
         download_file(bucket, key, local_path)
         return torch.load(local_path, map_location=map_location, weights_only=True)
+
+
+def _to_device(loss, device: torch.device):
+    if isinstance(loss, MultiLoss):
+        return loss.map_values(lambda value: value.to(device))
+    return loss.to(device)
 
 
 def _pending_grads(module) -> Optional[list]:
