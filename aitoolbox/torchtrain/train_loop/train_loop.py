@@ -318,7 +318,10 @@ class TrainLoop:
         for _ in itertools.islice(batches, self.iteration):
             pass
         checkpointing.restore_rng(self.train_loader, current_rng)
-        return batches
+        # Never ask the replayed iterator for more than the epoch's remaining batches: an extra
+        # next() on an exhausted sampler draws from its generator (RandomSampler does), which the
+        # uninterrupted run - that stops after its last batch - never does.
+        return itertools.islice(batches, self._epoch_len - self.iteration)
 
     def _batches_this_epoch(self) -> int:
         epoch_len = len(self.train_loader)
@@ -596,7 +599,7 @@ class TrainLoop:
         checkpointing.load_loop_state_dict(self, state)
 
     def save_checkpoint(self, path: str) -> str:
-        """Write :meth:`state_dict` to ``path`` atomically; returns the path."""
+        """Write :meth:`state_dict` atomically to ``path`` (local or ``s3://`` URI); returns it."""
         return checkpointing.save_checkpoint(self, path)
 
     def load_checkpoint(self, path: str) -> "TrainLoop":
