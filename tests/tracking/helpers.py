@@ -15,17 +15,18 @@ def make_data(num_samples: int = 48, seed: int = 0):
 
 
 class NoisyDataset(torch.utils.data.Dataset):
-    """Random augmentation that draws from torch's and NumPy's global RNGs on every sample."""
+    """Random augmentation drawing from torch's (and, with ``use_numpy``, NumPy's) global RNG."""
 
-    def __init__(self, data):
-        self.data = data
+    def __init__(self, data, use_numpy: bool = True):
+        self.data, self.use_numpy = data, use_numpy
 
     def __len__(self):
         return len(self.data)
 
     def __getitem__(self, idx):
         x, y = self.data[idx]
-        return x + 0.05 * torch.randn_like(x) + float(np.random.normal(scale=0.05)), y
+        numpy_noise = float(np.random.normal(scale=0.05)) if self.use_numpy else 0.0
+        return x + 0.05 * torch.randn_like(x) + numpy_noise, y
 
 
 def make_model(seed: int = 1) -> nn.Module:
@@ -33,10 +34,11 @@ def make_model(seed: int = 1) -> nn.Module:
     return nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Dropout(0.2), nn.Linear(12, 3))
 
 
-def loop_args(seed: int = 1, with_test: bool = True, augment: bool = False):
+def loop_args(seed: int = 1, with_test: bool = True, augment=False):
     """The six positional TrainLoop arguments for a fresh model, loaders and optimizer."""
     model = make_model(seed)
-    data = NoisyDataset(make_data()) if augment else make_data()
+    # augment: False, True (torch and NumPy noise) or "torch" (torch noise only)
+    data = NoisyDataset(make_data(), use_numpy=augment is True) if augment else make_data()
     train = DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3))
     val = DataLoader(make_data(24, seed=1), batch_size=8)
     test = DataLoader(make_data(16, seed=2), batch_size=8) if with_test else None
