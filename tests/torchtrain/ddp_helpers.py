@@ -243,3 +243,14 @@ class StopOnRank(AbstractCallback):
     def on_batch_end(self):
         if self.train_loop_obj.iteration == self.iteration:
             self.train_loop_obj.early_stop = True
+
+
+class RecordCompiledFrames(AbstractCallback):
+    """Puts the number of frames dynamo compiled in this process into the history."""
+
+    def __init__(self):
+        super().__init__("record compiled frames")
+
+    def on_train_end(self):
+        from torch._dynamo.utils import counters
+        self.train_loop_obj.insert_metric_result_into_history("compiled_frames", counters["frames"]["ok"])

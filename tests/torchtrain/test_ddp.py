@@ -184,6 +184,17 @@ def test_early_stop_on_one_rank_mid_epoch_stops_every_rank(no_master_env):
     assert len(loop.train_history["accumulated_loss"]) == 1
 
 
+@pytest.mark.timeout(150)
+def test_torch_compile_in_the_ranks(ref, no_master_env):
+    ref_model, ref_loop = ref
+    model = helpers.RegressionNet()
+    loop = helpers.make_loop(model, batch_size=8, gpu_mode="ddp", torch_compile={"backend": "eager"})
+    loop.fit(num_epochs=2, callbacks=[helpers.RecordCompiledFrames()], **CPU_DDP)
+    assert loop.train_history["compiled_frames"][0] >= 1
+    assert helpers.max_weight_diff(model, ref_model) < 1e-5
+    _assert_history_close(loop.train_history, ref_loop.train_history)
+
+
 # ---------------------------------------------------------------------------------------- failures
 @pytest.mark.timeout(120)
 def test_failing_rank_ends_the_run_promptly_with_its_error(no_master_env):

@@ -153,6 +153,20 @@ def test_module_view_resolution():
         view.no_such_attribute
 
 
+def test_torch_compile_compiles_the_dp_wrapper():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model, reference = HelperNet(), HelperNet()
+    loop = helpers.make_loop(model, 16, gpu_mode="dp", torch_compile={"backend": "eager"})
+    calls = _count_wrapper_calls(loop)
+    loop.fit(num_epochs=1)
+    helpers.make_loop(reference, 16).fit(num_epochs=1)
+    assert counters["frames"]["ok"] >= 1 and len(calls) > 0
+    assert helpers.max_weight_diff(model, reference) < 1e-6
+
+
 @needs_gpu
 def test_dp_on_gpu_matches_single_gpu():
     model_dp, model_single = helpers.RegressionNet(), helpers.RegressionNet()

@@ -37,7 +37,7 @@ from aitoolbox.torchtrain.train_loop.components.ddp_collectives import RankComm
 from aitoolbox.torchtrain.train_loop.components.ddp_config import (
     DDP_FIT_KWARGS, DDPConfig, build_config, check_data_load_callbacks, launcher_env)
 from aitoolbox.torchtrain.train_loop.components.device_strategy import DeviceStrategy
-from aitoolbox.torchtrain.train_loop.components.dp_strategy import wrapper_feed
+from aitoolbox.torchtrain.train_loop.components.dp_strategy import _compile_kwargs, wrapper_feed
 from aitoolbox.torchtrain.train_loop.components.prediction_store import PredictionStore
 
 logger = logging.getLogger("aitoolbox")
@@ -178,8 +178,8 @@ class DDPStrategy(DeviceStrategy):
         wrapper_cls = TTDistributedDataParallel if loop.feed_def is None else DistributedDataParallel
         self.ddp_model = wrapper_cls(loop.module, **args)
         self.wrapped_module = self.ddp_model
-        self.feed = RankFeed(wrapper_feed(self.ddp_model, loop.feed_def), ModelFeed(loop.module, loop.feed_def),
-                             self)
+        self.feed = RankFeed(wrapper_feed(self.ddp_model, loop.module, loop.feed_def),
+                             ModelFeed(loop.module, loop.feed_def), self)
         return self.feed
 
     def shutdown(self) -> None:
@@ -208,9 +208,14 @@ class DDPStrategy(DeviceStrategy):
         return ModelFeed(module, feed_def)
 
     def compile_model(self, feed_def, compile_args) -> ModelFeed:
-        """``torch.compile`` the DDP wrapper in place (in a rank); the rank feed keeps calling it."""
-        feed = super().compile_model(feed_def, compile_args)
-        return self.feed if self.active else feed
+        """In a rank: ``torch.compile`` the DDP wrapper; training and evaluation then call it."""
+        if not self.active:
+            return super().compile_model(feed_def, compile_args)
+        if self.wrapped_module is self.ddp_model:  # not compiled yet
+            self.wrapped_module = torch.compile(self.ddp_model, **_compile_kwargs(compile_args))
+            self.feed = RankFeed(wrapper_feed(self.wrapped_module, self.ddp_model.module, feed_def),
+                                 self.feed.plain, self)
+        return self.feed
 
     def setup_run(self, loop) -> None:
         """In a rank: ``on_multiprocess_start`` hooks, then shard the training loader."""
@@ -314,10 +319,10 @@ class RankFeed:
 
     def __init__(self, wrapped: ModelFeed, plain: ModelFeed, strategy: DDPStrategy):
         self.module = wrapped.module
-        self._wrapped, self._plain, self._strategy = wrapped, plain, strategy
+        self.wrapped, self.plain, self._strategy = wrapped, plain, strategy
 
     def get_loss(self, batch_data, criterion, device):
-        loss = self._wrapped.get_loss(batch_data, criterion, device)
+        loss = self.wrapped.get_loss(batch_data, criterion, device)
         if isinstance(loss, MultiLoss):
             return JointBackwardMultiLoss(loss, loss.loss_optimizer_map, loss.retain_graph_until_last)
         return loss
@@ -329,7 +334,7 @@ class RankFeed:
         return self._pick().get_predictions(batch_data, device)
 
     def _pick(self) -> ModelFeed:
-        return self._plain if self._strategy.in_solo else self._wrapped
+        return self.plain if self._strategy.in_solo else self.wrapped
 
 
 class JointBackwardMultiLoss(MultiLoss):

@@ -32,6 +32,7 @@ class DataParallelStrategy(DeviceStrategy):
     def __init__(self, cuda_device_idx: Optional[int] = None):
         super().__init__(cuda_device_idx)
         self.feed: Optional[ModelFeed] = None
+        self.compiled_module: Optional[nn.Module] = None
 
     def setup_model(self, module: nn.Module, feed_def, strategy_args: Optional[dict] = None) -> ModelFeed:
         """Move ``module`` to the first DP device, wrap it and return the feed the loop calls.
@@ -50,8 +51,8 @@ class DataParallelStrategy(DeviceStrategy):
             wrapper = TTDataParallel(module, **dp_args)
         else:
             wrapper = nn.DataParallel(module, **dp_args)
-        self.wrapped_module = wrapper
-        self.feed = wrapper_feed(wrapper, feed_def)
+        self.wrapped_module, self.compiled_module = wrapper, None
+        self.feed = wrapper_feed(wrapper, wrapper.module, feed_def)
         return self.feed
 
     def launch(self, loop, train_args: dict, strategy_args: dict):
@@ -62,17 +63,26 @@ class DataParallelStrategy(DeviceStrategy):
         return loop._train(**train_args)
 
     def compile_model(self, feed_def, compile_args) -> ModelFeed:
-        """``torch.compile`` the DataParallel wrapper in place; the feed keeps calling it."""
-        super().compile_model(feed_def, compile_args)
+        """``torch.compile`` the DataParallel wrapper; the feed then calls the compiled wrapper."""
+        if self.compiled_module is None:
+            self.compiled_module = torch.compile(self.wrapped_module, **_compile_kwargs(compile_args))
+            self.feed = wrapper_feed(self.compiled_module, self.wrapped_module.module, feed_def)
         return self.feed
 
 
-def wrapper_feed(wrapper: nn.Module, feed_def) -> ModelFeed:
-    """The feed of a wrapped model: the wrapper's own TTModel methods, or ``feed_def`` with a view."""
-    if feed_def is None:
-        return ModelFeed(wrapper, None)
-    inner = getattr(wrapper, "module", wrapper)
-    return ModelFeed(ModuleView(wrapper, inner), feed_def)
+def wrapper_feed(caller: nn.Module, module: nn.Module, feed_def) -> ModelFeed:
+    """The feed of a wrapped model: its methods, or ``feed_def``, see a view whose calls run ``caller``.
+
+    Args:
+        caller: what ``self(...)`` / ``model(...)`` runs: the DP / DDP wrapper (possibly compiled).
+        module: the user's module inside it.
+        feed_def: the ``ModelWrap`` feed definition, or None for a TTModel.
+    """
+    return ModelFeed(ModuleView(caller, module), feed_def)
+
+
+def _compile_kwargs(compile_args) -> dict:
+    return compile_args if isinstance(compile_args, dict) else {}
 
 
 def _dp_device(dp_args: dict, default: torch.device) -> torch.device:
