@@ -195,6 +195,28 @@ def test_torch_compile_in_the_ranks(ref, no_master_env):
     _assert_history_close(loop.train_history, ref_loop.train_history)
 
 
+@pytest.mark.timeout(120)
+def test_tracking_loop_saves_once_with_exact_results(tmp_path, no_master_env):
+    import json
+
+    from aitoolbox.experiment.result_package.basic_packages import ClassificationResultPackage
+    from aitoolbox.torchtrain.train_loop import TrainLoopCheckpointEndSave
+    from tests.tracking.helpers import loop_args
+
+    loop = TrainLoopCheckpointEndSave(*loop_args(), "proj", "exp", str(tmp_path), {"lr": 0.1},
+                                      val_result_package=ClassificationResultPackage(), cloud_save_mode=None,
+                                      show_progress=False, gpu_mode="ddp")
+    loop.fit(num_epochs=2, **CPU_DDP)
+    exp = loop.experiment_dir
+    files = {os.path.relpath(os.path.join(r, f), exp) for r, _, fs in os.walk(exp) for f in fs}
+    assert {"checkpoint_model/model_epoch_2.pt", "model/model.pt", "results/results.json"} <= files
+    assert os.listdir(os.path.join(str(tmp_path), "proj")) == [os.path.basename(exp)]  # one experiment
+    with open(os.path.join(exp, "results", "results.json")) as f:
+        accuracy = json.load(f)["validation"]["accuracy"]
+    y_pred, y_true, _ = loop.predict_on_validation_set()  # the parent, with the weights it got back
+    assert accuracy == pytest.approx((y_pred.argmax(1) == y_true).double().mean().item())
+
+
 # ---------------------------------------------------------------------------------------- failures
 @pytest.mark.timeout(120)
 def test_failing_rank_ends_the_run_promptly_with_its_error(no_master_env):
