@@ -117,7 +117,7 @@ def rank_main(local_rank: int, payload_path: str, ddp_args: dict) -> None:
         if local_rank == 0:
             atomic_torch_save(loop.state_dict(), ddp_args["result_path"])
         loop.strategy.barrier()
-        loop.strategy.shutdown()
+        loop.strategy.shutdown(loop)
     except Exception as exc:
         if is_peer_failure(exc):
             time.sleep(PEER_FAILURE_DELAY_S)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import gc
 import logging
 import os
 from typing import Any, ContextManager, Optional, Tuple
@@ -141,7 +142,7 @@ class DDPStrategy(DeviceStrategy):
         """Make this process rank ``rank``: process group, device, DDP model, rank-aware caches."""
         self.config, self.rank, self.world_size, self.local_rank = config, rank, world_size, local_rank
         self.device = self._rank_device(config, local_rank)
-        self._init_process_group(config, rank, world_size)
+        self._init_process_group(loop, config, rank, world_size)
         comm_device = self.device if config.backend == "nccl" else torch.device("cpu")
         flag_group = dist.new_group(backend="gloo") if config.backend != "gloo" else None
         self._comm = RankComm(rank, world_size, comm_device, flag_group)
@@ -159,7 +160,7 @@ class DDPStrategy(DeviceStrategy):
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
 
-    def _init_process_group(self, config: DDPConfig, rank: int, world_size: int) -> None:
+    def _init_process_group(self, loop, config: DDPConfig, rank: int, world_size: int) -> None:
         if dist.is_initialized():  # set up by the user's script (or by an earlier fit)
             if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
                 raise RuntimeError(f"The initialised process group is rank {dist.get_rank()} of "
@@ -168,8 +169,8 @@ class DDPStrategy(DeviceStrategy):
         dist.init_process_group(config.backend, init_method=config.init_method, rank=rank,
                                 world_size=world_size, timeout=datetime.timedelta(seconds=config.timeout))
         self._owns_group = True
-        if launcher_env() is not None and config.backend != "gloo":
-            atexit.register(self.shutdown)
+        if launcher_env() is not None:
+            atexit.register(self.shutdown, loop)
 
     def _wrap_model(self, loop, config: DDPConfig) -> "RankFeed":
         args = dict(config.ddp_model_args)
@@ -182,22 +183,26 @@ class DDPStrategy(DeviceStrategy):
                              ModelFeed(loop.module, loop.feed_def), self)
         return self.feed
 
-    def shutdown(self) -> None:
-        """Destroy the process group if this strategy created it (not a gloo one: see below).
+    def shutdown(self, loop) -> None:
+        """Destroy the process group if this strategy created it; ``loop`` goes back to its module.
 
-        The ranks first wait for each other (a rank tearing its connections down while a peer
-        still uses them aborts the peer), but not after a failure, nor for long: that would delay
-        the peers' own "connection closed" errors, which end a failed run. A gloo group is left to
-        the end of the process: destroying it while the peer destroys its own still aborted a
-        process now and then (``terminate called without an active exception``).
+        The group must really be gone (every reference, the DDP wrapper's included, dropped) while
+        the interpreter is alive: gloo's worker threads otherwise release their last tensors during
+        interpreter finalization and abort the process ("terminate called without an active
+        exception"). The ranks first wait for each other (a rank tearing its connections down while
+        a peer still uses them aborts the peer), but not after a failure, nor for long: that would
+        delay the peers' own "connection closed" errors, which end a failed run.
         """
-        if self._owns_group and dist.is_initialized() and not self._failed and self.config.backend != "gloo":
+        if self._owns_group and dist.is_initialized() and not self._failed:
             try:
                 settled = dist.barrier(async_op=True).wait(timeout=datetime.timedelta(seconds=30))
             except RuntimeError:
                 settled = False
             if settled:
+                loop.feed = ModelFeed(loop.module, loop.feed_def)
+                self.ddp_model = self.wrapped_module = self.feed = self._comm = None
                 dist.destroy_process_group()
+                gc.collect()  # the group's destructor joins its threads (without the GIL)
         self._owns_group = False
 
     # ------------------------------------------------------------------ strategy interface
