@@ -20,12 +20,13 @@ def _per_repeat(comp: Comparison, runs: Dict[str, List[Optional[dict]]]) -> List
         if run is None or run.get(comp.field) is None or (base_runs is not None and base is None):
             continue
         value = run[comp.field]
+        reference = run.get(comp.base_field) if comp.base_field else (base or {}).get(comp.field)
         if comp.kind == "ratio":
-            value = value / base[comp.field]
+            value = value / reference
         elif comp.kind == "delta":
-            value = value - base[comp.field]
+            value = value - reference
         elif comp.kind == "overhead_us":
-            value = (value - base[comp.field]) / run["steps"] * 1e6
+            value = (value - reference) / run["steps"] * 1e6
         values.append(value * comp.scale)
     return values
 
@@ -48,7 +49,8 @@ def summarize(comp: Comparison, runs: Dict[str, List[Optional[dict]]], wall_too:
     median = statistics.median(values)
     out.update(median=median, min=min(values), max=max(values), met=_met(comp.target, median))
     if wall_too and comp.field == "cpu_seconds":
-        wall = _per_repeat(Comparison(**{**comp.__dict__, "field": "seconds"}), runs)
+        base_field = "hand_seconds" if comp.base_field else None
+        wall = _per_repeat(Comparison(**{**comp.__dict__, "field": "seconds", "base_field": base_field}), runs)
         out["wall_median"] = statistics.median(wall) if wall else None
     return out
 
