@@ -89,7 +89,7 @@ class MultiLoss(dict):
 
     def item(self) -> Dict[str, float]:
         """The losses as a plain ``{name: float}`` dict."""
-        return {k: float(v) for k, v in self.items()}
+        return {k: float(v.detach()) for k, v in self.items()}
 
     def total(self) -> torch.Tensor:
         """Sum of all the losses."""

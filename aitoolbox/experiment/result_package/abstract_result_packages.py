@@ -141,7 +141,7 @@ class AbstractResultPackage(ABC):
         self.additional_results = additional_results
         results = self.prepare_results_dict()
         self.results_dict = clean_results(results, self.strict_content_check, self.pkg_name)
-        logger.info("%s prepared: %s", self.pkg_name, self.list_result_names())
+        logger.debug("%s prepared: %s", self.pkg_name, self.list_result_names())
 
     @abstractmethod
     def prepare_results_dict(self) -> ResultsDict:

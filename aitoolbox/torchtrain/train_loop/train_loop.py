@@ -120,7 +120,10 @@ class TrainLoop:
         self.message_service = MessageService()
         self.prediction_store = PredictionStore()
         self.logger = get_logger()
+        self._init_progress_state()
 
+    def _init_progress_state(self) -> None:
+        """Counters and bookkeeping of the run (all restored from a checkpoint on resume)."""
         self.epoch = 0  # index of the current epoch
         self.iteration = 0  # index of the current batch within the epoch
         self.total_iteration_idx = 0  # batches trained on over the whole run
@@ -132,6 +135,7 @@ class TrainLoop:
         self.epoch_start_rng: Optional[dict] = None
         self._epoch_len = 0
         self._pending_callback_state: Optional[dict] = None
+        self._pending_grads: Optional[list] = None
         self._checkpoint_phase = None  # 'batch_end' / 'epoch_end' while those hooks run
         self._eval_loaders: Dict[int, Any] = {}
 
@@ -314,7 +318,10 @@ class TrainLoop:
         for _ in itertools.islice(batches, self.iteration):
             pass
         checkpointing.restore_rng(self.train_loader, current_rng)
-        return batches
+        # Never ask the replayed iterator for more than the epoch's remaining batches: an extra
+        # next() on an exhausted sampler draws from its generator (RandomSampler does), which the
+        # uninterrupted run - that stops after its last batch - never does.
+        return itertools.islice(batches, self._epoch_len - self.iteration)
 
     def _batches_this_epoch(self) -> int:
         epoch_len = len(self.train_loader)
@@ -525,7 +532,9 @@ class TrainLoop:
                 if execute_callbacks:
                     self.callbacks_handler.execute("on_after_batch_prediction", pred, true, meta, dataset_info)
         y_pred, y_true = self.pred_transform_fn(y_pred), self.pred_transform_fn(y_true)
-        return self.strategy.gather_predictions(y_pred, y_true, metadata, len(loader.dataset))
+        dataset = getattr(loader, "dataset", None)
+        dataset_len = len(dataset) if hasattr(dataset, "__len__") else None
+        return self.strategy.gather_predictions(y_pred, y_true, metadata, dataset_len)
 
     def _eval_loader(self, loader):
         key = id(loader)
@@ -590,7 +599,7 @@ class TrainLoop:
         checkpointing.load_loop_state_dict(self, state)
 
     def save_checkpoint(self, path: str) -> str:
-        """Write :meth:`state_dict` to ``path`` atomically; returns the path."""
+        """Write :meth:`state_dict` atomically to ``path`` (local or ``s3://`` URI); returns it."""
         return checkpointing.save_checkpoint(self, path)
 
     def load_checkpoint(self, path: str) -> "TrainLoop":

@@ -78,9 +78,17 @@ class DeviceStrategy:
         return ModelFeed(module, feed_def)
 
     def compile_model(self, feed_def, compile_args) -> ModelFeed:
-        """``torch.compile`` the module in place (so ``self(...)`` in ``get_loss`` is compiled)."""
+        """``torch.compile`` the model.
+
+        A TTModel is compiled in place, so that ``self(...)`` in its ``get_loss`` is compiled; for
+        a plain module or a ``ModelWrap`` the feed calls a compiled wrapper of the module.
+        """
         kwargs = compile_args if isinstance(compile_args, dict) else {}
         module = self.wrapped_module
+        if feed_def is not None:
+            # The feed definition calls the module itself, so compile that call: dynamo does not
+            # trace an in-place ``module.compile()`` whose forward is torch's own (nn.Sequential).
+            return ModelFeed(torch.compile(module, **kwargs), feed_def)
         if not getattr(module, "_aitoolbox_compiled", False):
             module.compile(**kwargs)
             module._aitoolbox_compiled = True

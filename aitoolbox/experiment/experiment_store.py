@@ -1,0 +1,276 @@
+"""One experiment's storage: the local experiment folder, mirrored to S3 in the background.
+
+Every file is first written completely (and atomically) to the local folder, then queued for
+upload to ``s3://<bucket>/<cloud_dir_prefix>/<project>/<experiment>_<timestamp>/<same path>``.
+Uploads run on a background thread (:class:`~aitoolbox.cloud.AWS.s3.S3Uploader`): training never
+waits for S3, failed uploads are retried (and logged) without ever raising into training, and the
+local copy always stays. :meth:`ExperimentStore.finish_run` waits - for a bounded time - for the
+queue to drain at the end of ``fit``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from aitoolbox.experiment import experiment_folder as ef
+from aitoolbox.experiment.result_writers import write_json
+from aitoolbox.utils.io import atomic_write_path
+
+logger = logging.getLogger("aitoolbox")
+
+#: ``cloud_save_mode`` value -> storage backend (None: local disk only).
+CLOUD_SAVE_MODES = {None: None, "local": None, "s3": "s3", "aws_s3": "s3"}
+
+
+def validate_cloud_save_mode(cloud_save_mode: Any) -> Optional[str]:
+    """The backend of ``cloud_save_mode``: ``'s3'`` or None (local only).
+
+    Raises:
+        ValueError: an unknown or unsupported mode.
+    """
+    if cloud_save_mode in ("gcs", "google_storage"):
+        raise ValueError(f"cloud_save_mode={cloud_save_mode!r}: Google Cloud Storage is not supported; "
+                         "use 's3' (any S3-compatible store via AWS_ENDPOINT_URL) or None / 'local'.")
+    if not isinstance(cloud_save_mode, (str, type(None))) or cloud_save_mode not in CLOUD_SAVE_MODES:
+        raise ValueError(f"cloud_save_mode must be one of {list(CLOUD_SAVE_MODES)}, got {cloud_save_mode!r}. "
+                         "Use 's3' to mirror the experiment to S3, or None / 'local' for local disk only.")
+    return CLOUD_SAVE_MODES[cloud_save_mode]
+
+
+class ExperimentStore:
+    """The experiment folder on local disk and, optionally, its mirror on S3.
+
+    Validates everything at construction - names, the root folder, ``cloud_save_mode`` and, for
+    S3, that the bucket exists - so that mistakes surface before any training work. The folder
+    itself is created by :meth:`ensure_created` (at training start, or lazily at the first write).
+
+    Class attributes (defaults for every store; change them on the class or an instance):
+        flush_timeout: seconds ``finish_run`` waits at most for pending uploads.
+        retry_interval / max_retry_interval: backoff of failed uploads (seconds).
+        client_max_attempts: attempts per S3 request inside one upload try (botocore retries).
+
+    Args:
+        project_name: project folder name.
+        experiment_name: experiment name (folder ``<experiment_name>_<timestamp>``).
+        local_model_result_folder_path: the results root folder.
+        hyperparams: dict, or the path of a YAML / JSON file; never mutated.
+        cloud_save_mode: ``'s3'`` / ``'aws_s3'``, or None / ``'local'`` for local disk only.
+        bucket_name: S3 bucket.
+        cloud_dir_prefix: key prefix inside the bucket.
+        source_dirs: folders zipped into ``source_code.zip``.
+
+    Raises:
+        TypeError, ValueError: an invalid argument, a root folder that is not writable, or (S3) a
+            bucket that does not exist or cannot be reached - named in the message.
+    """
+
+    flush_timeout: float = 120.0
+    retry_interval: float = 1.0
+    max_retry_interval: float = 30.0
+    client_max_attempts: Optional[int] = 2
+
+    def __init__(self, project_name: str, experiment_name: str,
+                 local_model_result_folder_path: Union[str, os.PathLike], hyperparams: Any,
+                 cloud_save_mode: Optional[str] = "s3", bucket_name: str = "model-result",
+                 cloud_dir_prefix: str = "", source_dirs: Sequence = ()):
+        self.folder = ef.ExperimentFolder(local_model_result_folder_path, project_name, experiment_name)
+        self.hyperparams, self.hyperparams_file = ef.load_hyperparams(hyperparams)
+        self.backend = validate_cloud_save_mode(cloud_save_mode)
+        self.cloud_dir_prefix = ef.validate_cloud_dir_prefix(cloud_dir_prefix)
+        self.source_dirs = ef.validate_source_dirs(source_dirs)
+        self.bucket_name = bucket_name
+        self.experiment_script = ef.find_experiment_script(self.hyperparams)
+        if self.backend == "s3":
+            self._check_bucket()
+        self._uploader = None
+        self._lock = threading.RLock()
+        self._deferred_removals: List[str] = []
+        self._flush_deadline: Optional[float] = None
+
+    def _check_bucket(self) -> None:
+        if not isinstance(self.bucket_name, str) or not self.bucket_name:
+            raise ValueError(f"bucket_name must be a non-empty str with cloud_save_mode='s3', got "
+                             f"{self.bucket_name!r}.")
+        from aitoolbox.cloud.AWS.s3 import check_bucket_exists
+        check_bucket_exists(self.bucket_name)
+
+    # ------------------------------------------------------------------ identity & paths
+    @property
+    def uses_s3(self) -> bool:
+        """Whether files are mirrored to S3."""
+        return self.backend == "s3"
+
+    @property
+    def path(self) -> str:
+        """Absolute path of the experiment folder (it may not exist yet)."""
+        return self.folder.path
+
+    def same_experiment(self, other: "ExperimentStore") -> bool:
+        """Whether ``other`` describes the same experiment (root, names, cloud target)."""
+        mine, theirs = self.folder, other.folder
+        return ((mine.root, mine.project_name, mine.experiment_name, self.backend, self.bucket_name,
+                 self.cloud_dir_prefix) == (theirs.root, theirs.project_name, theirs.experiment_name,
+                                            other.backend, other.bucket_name, other.cloud_dir_prefix))
+
+    def local_path(self, *parts: str) -> str:
+        """Absolute local path of ``parts`` in the experiment folder, creating the folder first."""
+        self.ensure_created()
+        return self.folder.sub_path(*parts)
+
+    @property
+    def s3_prefix(self) -> str:
+        """The key prefix of the experiment folder's mirror: ``<cloud_dir_prefix>/<project>/<folder>``."""
+        parts = [self.cloud_dir_prefix, self.folder.project_name, self.folder.name]
+        return "/".join(part for part in parts if part)
+
+    def s3_key(self, local_path: str) -> str:
+        """The S3 key that mirrors ``local_path``."""
+        return f"{self.s3_prefix}/{self.folder.relative(local_path)}"
+
+    def s3_uri(self, local_path: str) -> str:
+        """``s3://bucket/key`` of ``local_path``'s mirror."""
+        return f"s3://{self.bucket_name}/{self.s3_key(local_path)}"
+
+    # ------------------------------------------------------------------ creation
+    def ensure_created(self) -> str:
+        """Create the experiment folder (once) with the hyperparameters, script copy and sources.
+
+        Returns:
+            The experiment folder's path.
+        """
+        with self._lock:
+            if self.folder.create():
+                self._write_experiment_files()
+                target = f" (mirrored to s3://{self.bucket_name}/{self.s3_prefix}/)" if self.uses_s3 else ""
+                logger.info("Experiment folder: %s%s", self.path, target)
+        return self.path
+
+    def _write_experiment_files(self) -> None:
+        self.publish(write_json(self.hyperparams, self.folder.sub_path(ef.HYPERPARAMS_FILE)))
+        if self.hyperparams_file:
+            extension = os.path.splitext(self.hyperparams_file)[1]
+            self._copy_into_folder(self.hyperparams_file, "hyperparams_source" + extension)
+        if self.experiment_script:
+            self._copy_into_folder(self.experiment_script, os.path.basename(self.experiment_script))
+        if self.source_dirs:
+            zip_path = self.folder.sub_path(ef.SOURCE_ZIP_FILE)
+            with atomic_write_path(zip_path) as tmp_path:
+                ef.write_source_zip(self.source_dirs, tmp_path)
+            self.publish(zip_path)
+
+    def _copy_into_folder(self, source: str, file_name: str) -> None:
+        destination = self.folder.sub_path(file_name)
+        try:
+            with atomic_write_path(destination) as tmp_path:
+                shutil.copyfile(source, tmp_path)
+        except OSError as error:
+            logger.warning("Could not copy %s into the experiment folder: %s", source, error)
+            return
+        self.publish(destination)
+
+    # ------------------------------------------------------------------ writing & mirroring
+    def write_json(self, obj: Any, *parts: str) -> str:
+        """Write ``obj`` as JSON to ``parts`` in the folder (atomically) and mirror it."""
+        return self.publish(write_json(obj, self.local_path(*parts)))
+
+    def publish(self, local_path: str) -> str:
+        """Mirror a completely written file of the experiment folder to the cloud (if any).
+
+        Returns:
+            ``local_path``.
+        """
+        if self.uses_s3:
+            self._get_uploader().upload(local_path, self.s3_key(local_path))
+        self._process_deferred_removals()
+        return local_path
+
+    def remove(self, local_path: str, remove_from_cloud: bool = False) -> None:
+        """Delete a file of the experiment folder (and, when asked, its cloud copy).
+
+        A local file whose upload is still pending is deleted only once it has been uploaded, so
+        that the cloud copy is never lost.
+        """
+        with self._lock:
+            self._deferred_removals.append(local_path)
+        if remove_from_cloud and self.uses_s3:
+            self._get_uploader().delete(self.s3_key(local_path))
+        self._process_deferred_removals()
+
+    def _process_deferred_removals(self) -> None:
+        with self._lock:
+            pending = set(self._uploader.pending_keys()) if self._uploader is not None else set()
+            keep = []
+            for path in self._deferred_removals:
+                if self.uses_s3 and self.s3_key(path) in pending:
+                    keep.append(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+            self._deferred_removals = keep
+
+    def _get_uploader(self):
+        with self._lock:
+            if self._uploader is None:
+                from aitoolbox.cloud.AWS.s3 import S3Uploader, get_s3_client
+                self._uploader = S3Uploader(
+                    self.bucket_name, retry_interval=self.retry_interval,
+                    max_retry_interval=self.max_retry_interval,
+                    s3_client=get_s3_client(max_attempts=self.client_max_attempts))
+            return self._uploader
+
+    # ------------------------------------------------------------------ end of run
+    def pending_uploads(self) -> List[str]:
+        """Keys whose upload (or deletion) is not done yet."""
+        return [] if self._uploader is None else self._uploader.pending_keys()
+
+    def start_run(self) -> None:
+        """Mark the start of a ``fit``: the next :meth:`finish_run` opens a new wait budget."""
+        self._flush_deadline = None
+
+    def finish_run(self) -> bool:
+        """Wait for the uploads of this run, at most ``flush_timeout`` seconds over all callers.
+
+        Several savers call it at the end of ``fit``; together they wait no longer than one
+        ``flush_timeout``. Uploads still pending are logged and keep being retried in the
+        background; the local copies stay complete.
+
+        Returns:
+            True when everything queued so far reached the cloud (always True locally).
+        """
+        if self._flush_deadline is None:
+            self._flush_deadline = time.monotonic() + self.flush_timeout
+        return self.flush(max(self._flush_deadline - time.monotonic(), 0.0))
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: without limit) for every queued upload.
+
+        Returns:
+            True when nothing is pending any more.
+        """
+        if self._uploader is None:
+            self._process_deferred_removals()
+            return True
+        done = self._uploader.flush(timeout)
+        self._process_deferred_removals()
+        if not done:
+            logger.warning("%d S3 upload(s) of experiment %s still pending; they keep being retried in "
+                           "the background and the local copies are complete.",
+                           len(self.pending_uploads()), self.folder.name)
+        return done
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # Sent to DDP worker processes: threads and locks do not travel; they are re-created there.
+        state = dict(self.__dict__)
+        state["_uploader"], state["_lock"] = None, None
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        target = f", s3://{self.bucket_name}" if self.uses_s3 else ""
+        return f"ExperimentStore({self.path!r}{target})"

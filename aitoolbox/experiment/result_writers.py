@@ -1,0 +1,143 @@
+"""Writers of experiment results: JSON, the training history as CSV, and metric plots.
+
+Everything is written atomically (temporary file, then rename). Results are JSON, never pickle.
+matplotlib is optional: it is imported only when plotting, and without it plots are skipped
+with one log line.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import numbers
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from aitoolbox.utils.io import atomic_write_path, atomic_write_text
+
+logger = logging.getLogger("aitoolbox")
+_warned_no_matplotlib = False
+
+
+def to_jsonable(value: Any) -> Any:
+    """``value`` made of JSON types only: tensors / arrays become lists, the rest ``repr()``.
+
+    Non-finite floats become the strings ``'nan'``, ``'inf'``, ``'-inf'`` so the file stays
+    strict JSON.
+    """
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # torch tensors, numpy arrays and scalars
+        return to_jsonable(value.tolist())
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return repr(value)
+
+
+def write_json(obj: Any, path: str) -> str:
+    """Write ``obj`` (made JSON-safe by :func:`to_jsonable`) to ``path`` atomically."""
+    return atomic_write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n", path)
+
+
+def history_to_csv(history: Mapping[str, Sequence]) -> str:
+    """The history as CSV: a header of metric names, one row per index (epoch), blanks where
+    a metric has fewer values (e.g. ``train_end_test_loss``)."""
+    names = [name for name, values in history.items() if len(values)]
+    num_rows = max((len(history[name]) for name in names), default=0)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["epoch"] + names)
+    for row in range(num_rows):
+        writer.writerow([row + 1] + [_csv_cell(history[name], row) for name in names])
+    return buffer.getvalue()
+
+
+def _csv_cell(values: Sequence, row: int) -> Any:
+    if row >= len(values):
+        return ""
+    value = to_jsonable(values[row])
+    return json.dumps(value) if isinstance(value, (dict, list)) else value
+
+
+def write_history_csv(history: Mapping[str, Sequence], path: str) -> str:
+    """Write :func:`history_to_csv` to ``path`` atomically."""
+    return atomic_write_text(history_to_csv(history), path)
+
+
+def plottable_metrics(history: Mapping[str, Sequence]) -> Dict[str, List[float]]:
+    """The history's metrics that have at least one value, all of them real numbers."""
+    result = {}
+    for name, values in history.items():
+        if values and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
+            result[name] = [float(v) for v in values]
+    return result
+
+
+def plot_file_name(metric_name: str, file_format: str = "png") -> str:
+    """File name of a metric's plot: the metric name made safe for any file system."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in metric_name).strip(".")
+    return f"{safe or 'metric'}.{file_format}"
+
+
+def import_matplotlib_figure() -> Optional[Any]:
+    """matplotlib's ``Figure`` class, or None (logged once) when matplotlib is not installed."""
+    global _warned_no_matplotlib
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        if not _warned_no_matplotlib:
+            logger.info("matplotlib is not installed: training history plots are skipped "
+                        "(pip install 'aitoolbox[plots]' to get them).")
+            _warned_no_matplotlib = True
+        return None
+    return Figure
+
+
+def plot_metric(metric_name: str, values: Sequence[float], path: str, file_format: str = "png") -> str:
+    """Plot one metric over the epochs into ``path`` (atomically).
+
+    Uses matplotlib's object API with the Agg canvas: no pyplot, no global backend change.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    axes.plot(range(1, len(values) + 1), values, marker="o" if len(values) < 30 else None)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(metric_name)
+    axes.set_title(metric_name)
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    with atomic_write_path(path) as tmp_path:
+        figure.savefig(tmp_path, format=file_format)
+    return path
+
+
+def plot_history(history: Mapping[str, Sequence], folder: str, file_format: str = "png") -> List[str]:
+    """Plot every numeric metric of ``history`` into ``folder``; returns the files written.
+
+    Without matplotlib nothing is written (and one log line says so).
+    """
+    if import_matplotlib_figure() is None:
+        return []
+    written = []
+    for name, values in plottable_metrics(history).items():
+        written.append(plot_metric(name, values, os.path.join(folder, plot_file_name(name, file_format)),
+                                   file_format))
+    return written

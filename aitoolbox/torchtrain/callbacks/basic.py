@@ -1,0 +1,390 @@
+"""General-purpose callbacks: stopping rules, sanity checks, data subsets, SyncBatchNorm.
+
+Every callback here works on one device and under DDP. Callbacks that stop training set
+``train_loop_obj.early_stop = True``; the TrainLoop combines the flag over the ranks at the end of
+the epoch. Callbacks that only report log on the main process.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Optional
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler, Subset
+
+from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
+from aitoolbox.torchtrain.callbacks.metric_watch import MetricWatcher
+from aitoolbox.torchtrain.multi_loss_optim import MultiLoss
+from aitoolbox.torchtrain.train_loop.components.data_loading import loader_batch_size, loader_kwargs
+from aitoolbox.utils.log import get_logger
+
+
+class _MetricStopper(AbstractCallback):
+    """Base of the stopping rules on a history metric: new value -> verdict -> maybe stop.
+
+    Args:
+        callback_name: readable name.
+        monitor: training-history key to watch.
+        greater_is_better: direction; None infers it from the name.
+        min_delta: minimal change that counts as an improvement.
+        patience: consecutive bad evaluations after which training stops (0 and 1 both stop at
+            the first one, as in Keras).
+        execution_order: keep it above the callbacks that write ``monitor``.
+    """
+
+    def __init__(self, callback_name: str, monitor: str, greater_is_better: Optional[bool],
+                 min_delta: float, patience: int, execution_order: int):
+        super().__init__(callback_name, execution_order=execution_order)
+        if not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be an int >= 0, got {patience!r}.")
+        self.watcher = MetricWatcher(monitor, greater_is_better, min_delta)
+        self.patience = patience
+        self.wait = 0  # consecutive bad evaluations so far
+        self.stopped_epoch: Optional[int] = None
+        self._warned_missing = False
+
+    @property
+    def monitor(self) -> str:
+        """The watched history key."""
+        return self.watcher.monitor
+
+    def is_good(self, value: float) -> bool:
+        """Whether ``value`` resets the patience counter (implemented by subclasses)."""
+        raise NotImplementedError
+
+    def on_epoch_end(self):
+        value = self.watcher.new_value(self.train_loop_obj.train_history)
+        if value is None:
+            self._warn_if_missing()
+            return
+        if self.is_good(value):
+            self.wait = 0
+            return
+        self.wait += 1
+        if self.wait >= max(self.patience, 1):
+            self._stop(value)
+
+    def _stop(self, value: float) -> None:
+        loop = self.train_loop_obj
+        loop.early_stop = True
+        self.stopped_epoch = loop.epoch
+        if loop.is_main_process():
+            get_logger().info(f"{self.callback_name}: stopping after epoch {loop.epoch + 1}; "
+                              f"{self.monitor}={value} (best {self.watcher.best}), "
+                              f"{self.wait} bad evaluation(s) in a row.")
+
+    def _warn_if_missing(self) -> None:
+        if self.monitor not in self.train_loop_obj.train_history and not self._warned_missing:
+            self._warned_missing = True
+            get_logger().warning(f"{self.callback_name}: metric {self.monitor!r} is not in the training "
+                                 f"history (keys: {list(self.train_loop_obj.train_history.keys())}).")
+
+    def state_dict(self) -> dict:
+        return {"watcher": self.watcher.state_dict(), "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.watcher.load_state_dict(state["watcher"])
+        self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
+
+
+class EarlyStopping(_MetricStopper):
+    """Stop training when a history metric has stopped improving (Keras semantics).
+
+    At the end of every epoch in which ``monitor`` got a new value, the value is compared with
+    the best so far. Training stops after ``patience`` consecutive values without an improvement
+    of more than ``min_delta`` (``patience=0`` stops at the first one).
+
+    Args:
+        monitor: training-history key, e.g. ``'val_loss'`` or ``'val_accuracy'``.
+        min_delta: minimal absolute change that counts as an improvement.
+        patience: number of epochs without improvement after which training stops.
+        greater_is_better: direction; None: loss-like names are minimised, others maximised.
+        execution_order: keep it above the callbacks that compute ``monitor``.
+    """
+
+    def __init__(self, monitor: str = "val_loss", min_delta: float = 0., patience: int = 0,
+                 greater_is_better: Optional[bool] = None, execution_order: int = 10):
+        super().__init__("EarlyStopping", monitor, greater_is_better, min_delta, patience, execution_order)
+
+    def is_good(self, value: float) -> bool:
+        if self.watcher.is_improvement(value):
+            self.watcher.best = value
+            return True
+        return False
+
+
+class ThresholdEarlyStopping(_MetricStopper):
+    """Stop training when a history metric is not better than a threshold.
+
+    Guards against runs that go nowhere or diverge: every new value of ``monitor`` that is not
+    strictly better than ``threshold`` (below it for losses, above it otherwise) counts as bad;
+    training stops after ``patience`` bad values in a row (``patience=0`` stops at the first).
+
+    Args:
+        monitor: training-history key.
+        threshold: the value that the metric must beat.
+        patience: consecutive bad epochs after which training stops.
+        greater_is_better: direction; None: loss-like names are minimised, others maximised.
+        execution_order: keep it above the callbacks that compute ``monitor``.
+    """
+
+    def __init__(self, monitor: str = "val_loss", threshold: float = 0., patience: int = 0,
+                 greater_is_better: Optional[bool] = None, execution_order: int = 10):
+        super().__init__("ThresholdEarlyStopping", monitor, greater_is_better, 0., patience, execution_order)
+        self.threshold = float(threshold)
+
+    def is_good(self, value: float) -> bool:
+        if self.watcher.is_improvement(value):
+            self.watcher.best = value
+        return not math.isnan(value) and self.watcher.beats(value, self.threshold)
+
+
+class TerminateOnNaN(AbstractCallback):
+    """Stop training when the loss becomes NaN or infinite.
+
+    Every batch loss is checked, but on an accelerator without a host sync per step: the
+    non-finite flag is accumulated on the device and read every ``check_every_n_batches``
+    batches and at the end of the epoch. At the end of every epoch the latest value of the
+    history metric ``monitor`` is checked too. Under DDP the verdict is combined over the ranks
+    at the same batches on every rank, so all ranks stop together.
+
+    Args:
+        monitor: training-history key checked at the end of every epoch.
+        check_every_n_batches: how often the accumulated flag is read; None: every batch on
+            CPU, every 50 batches on an accelerator.
+        execution_order: callback execution order.
+    """
+
+    def __init__(self, monitor: str = "loss", check_every_n_batches: Optional[int] = None,
+                 execution_order: int = 0):
+        super().__init__("TerminateOnNaN", execution_order=execution_order)
+        if check_every_n_batches is not None and check_every_n_batches < 1:
+            raise ValueError(f"check_every_n_batches must be >= 1 or None, got {check_every_n_batches}.")
+        self.monitor = monitor
+        self.check_every_n_batches = check_every_n_batches
+        self._check_every = 1
+        self._flag: Optional[torch.Tensor] = None
+        self._num_batches = 0  # batches seen over the run: checks happen at the same ones on every rank
+        self._num_seen = 0  # values of the history metric already checked
+
+    def on_train_begin(self):
+        self._check_every = self.check_every_n_batches
+        if self._check_every is None:
+            self._check_every = 1 if self.train_loop_obj.device.type == "cpu" else 50
+        self._flag = None
+
+    def on_batch_end(self):
+        loss = self.train_loop_obj.loss_batch_accum[-1]
+        values = torch.stack(list(loss.values())) if isinstance(loss, MultiLoss) else loss
+        bad = ~torch.isfinite(values).all()
+        self._flag = bad if self._flag is None else self._flag | bad
+        self._num_batches += 1
+        if self._num_batches % self._check_every == 0:
+            self._check_flag("batch loss")
+
+    def on_epoch_end(self):
+        self._check_flag("batch loss")
+        history = self.train_loop_obj.train_history
+        values = history[self.monitor] if self.monitor in history else []
+        if len(values) > self._num_seen:
+            self._num_seen = len(values)
+            if not math.isfinite(float(values[-1])):
+                self._terminate(f"history metric {self.monitor!r}={values[-1]}")
+
+    def _check_flag(self, what: str) -> None:
+        if self._flag is None:
+            return
+        local_bad, self._flag = bool(self._flag), None
+        if self.train_loop_obj.strategy.any_rank(local_bad):
+            self._terminate(what)
+
+    def _terminate(self, what: str) -> None:
+        loop = self.train_loop_obj
+        loop.early_stop = True
+        if loop.is_main_process():
+            get_logger().error(f"TerminateOnNaN: non-finite {what} in epoch {loop.epoch + 1}, batch "
+                               f"{loop.iteration + 1}; stopping training.")
+
+    def state_dict(self) -> dict:
+        return {"num_batches": self._num_batches, "num_seen": self._num_seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._num_batches, self._num_seen = state["num_batches"], state["num_seen"]
+
+
+class AllPredictionsSame(AbstractCallback):
+    """Warn (and optionally stop) when every prediction on a data set is one and the same value.
+
+    A model that predicts only one value (e.g. always class 0) has usually collapsed. Checked at
+    the end of every epoch on the cached predictions of the data set, so that it costs no extra
+    pass when other callbacks predict on the same set.
+
+    Args:
+        value: the value to look for; None: any single value shared by all predictions.
+        stop_training: stop training when it happens.
+        dataset: ``'train'``, ``'validation'`` or ``'test'``.
+        execution_order: callback execution order.
+    """
+
+    _PREDICT = {"train": "predict_on_train_set", "validation": "predict_on_validation_set",
+                "test": "predict_on_test_set"}
+
+    def __init__(self, value: Optional[float] = 0., stop_training: bool = False,
+                 dataset: str = "validation", execution_order: int = 0):
+        super().__init__("AllPredictionsSame", execution_order=execution_order)
+        if dataset not in self._PREDICT:
+            raise ValueError(f"dataset must be one of {list(self._PREDICT)}, got {dataset!r}.")
+        self.value, self.stop_training, self.dataset = value, stop_training, dataset
+        self.triggered_epochs = []
+
+    def on_epoch_end(self):
+        y_pred, _, _ = getattr(self.train_loop_obj, self._PREDICT[self.dataset])()
+        y_pred = torch.as_tensor(y_pred)
+        if y_pred.numel() == 0:
+            return
+        reference = y_pred.flatten()[0] if self.value is None else self.value
+        if bool(torch.all(y_pred == reference)):
+            self._report(float(reference))
+
+    def _report(self, value: float) -> None:
+        loop = self.train_loop_obj
+        self.triggered_epochs.append(loop.epoch)
+        if loop.is_main_process():
+            get_logger().warning(f"AllPredictionsSame: every {self.dataset} prediction is {value} in epoch "
+                                 f"{loop.epoch + 1}.")
+        if self.stop_training:
+            loop.early_stop = True
+
+
+class ListRegisteredCallbacks(AbstractCallback):
+    """Log the registered callbacks, in execution order with their hooks, when training starts."""
+
+    def __init__(self, execution_order: int = 0):
+        super().__init__("ListRegisteredCallbacks", execution_order=execution_order, device_idx_execution=0)
+
+    def on_train_begin(self):
+        self.train_loop_obj.callbacks_handler.print_registered_callbacks()
+
+
+class FunctionOnTrainLoop(AbstractCallback):
+    """Call ``fn_to_execute(train_loop_obj)`` at the chosen points of training.
+
+    Only the selected hooks are subscribed, so an unselected batch hook costs nothing.
+
+    Args:
+        fn_to_execute: function of the TrainLoop.
+        tl_registration: call when registered with the TrainLoop.
+        train_begin: call at the start of training.
+        epoch_begin: call at the start of every epoch.
+        batch_begin: call before every batch.
+        after_optimizer_step: call after every real optimizer step.
+        batch_end: call after every batch.
+        epoch_end: call at the end of every epoch.
+        train_end: call at the end of training.
+        execution_order: callback execution order.
+        device_idx_execution: under DDP, run only on this rank; None runs everywhere.
+
+    Raises:
+        ValueError: no point of training was selected.
+    """
+
+    def __init__(self, fn_to_execute: Callable, tl_registration: bool = False, train_begin: bool = False,
+                 epoch_begin: bool = False, batch_begin: bool = False, after_optimizer_step: bool = False,
+                 batch_end: bool = False, epoch_end: bool = False, train_end: bool = False,
+                 execution_order: int = 0, device_idx_execution: Optional[int] = None):
+        super().__init__("FunctionOnTrainLoop", execution_order, device_idx_execution)
+        selected = {"on_train_loop_registration": tl_registration, "on_train_begin": train_begin,
+                    "on_epoch_begin": epoch_begin, "on_batch_begin": batch_begin,
+                    "on_after_optimizer_step": after_optimizer_step, "on_batch_end": batch_end,
+                    "on_epoch_end": epoch_end, "on_train_end": train_end}
+        self._hooks = frozenset(hook for hook, on in selected.items() if on)
+        if not self._hooks:
+            raise ValueError("FunctionOnTrainLoop: select at least one point of training, e.g. "
+                             "epoch_end=True.")
+        self.fn_to_execute = fn_to_execute
+
+    def implemented_hooks(self):  # per instance: subscribe to the selected hooks only
+        """The hooks selected at construction."""
+        return self._hooks
+
+    def _call(self):
+        self.fn_to_execute(self.train_loop_obj)
+
+    on_train_loop_registration = on_train_begin = on_epoch_begin = on_batch_begin = _call
+    on_after_optimizer_step = on_batch_end = on_epoch_end = on_train_end = _call
+
+
+class DataSubsetTestRun(AbstractCallback):
+    """Train and evaluate on the first samples of each data set only: a quick test run.
+
+    The loaders are replaced, when the callback is registered, by loaders over the first
+    ``num_*_insts`` samples that keep every other setting (batch size, shuffling, workers,
+    collate function, ...). Put it first in the callbacks list so that callbacks registered after
+    it (e.g. schedulers counting the training steps) see the smaller loaders.
+
+    Args:
+        num_train_insts: training samples to keep; -1 keeps them all.
+        num_val_insts: validation samples to keep; -1 keeps them all.
+        num_test_insts: test samples to keep; -1 keeps them all.
+    """
+
+    def __init__(self, num_train_insts: int = 1, num_val_insts: int = -1, num_test_insts: int = -1):
+        super().__init__("DataSubsetTestRun", execution_order=-100)
+        for name, value in (("num_train_insts", num_train_insts), ("num_val_insts", num_val_insts),
+                            ("num_test_insts", num_test_insts)):
+            if not isinstance(value, int) or (value < 1 and value != -1):
+                raise ValueError(f"{name} must be a positive int or -1 (keep all), got {value!r}.")
+        self.num_insts: Dict[str, int] = {"train_loader": num_train_insts,
+                                          "validation_loader": num_val_insts,
+                                          "test_loader": num_test_insts}
+
+    def on_train_loop_registration(self):
+        loop = self.train_loop_obj
+        for attr, num in self.num_insts.items():
+            loader = getattr(loop, attr)
+            if loader is None or num == -1:
+                continue
+            subset = subset_loader(loader, num)
+            setattr(loop, attr, loop.strategy.prepare_train_loader(subset) if attr == "train_loader" else subset)
+
+
+def subset_loader(loader: DataLoader, num_insts: int) -> DataLoader:
+    """A copy of ``loader`` over the first ``num_insts`` samples of its data set.
+
+    Args:
+        loader: the original loader (its sampler may be a ``DistributedSampler``).
+        num_insts: number of samples to keep.
+
+    Returns:
+        A new DataLoader with the original batch size, shuffling, drop_last and settings.
+    """
+    dataset = loader.dataset
+    subset = Subset(dataset, range(min(num_insts, len(dataset))))
+    shuffle = isinstance(loader.sampler, RandomSampler) or bool(getattr(loader.sampler, "shuffle", False))
+    return DataLoader(subset, batch_size=loader_batch_size(loader), shuffle=shuffle,
+                      drop_last=loader.drop_last, **loader_kwargs(loader))
+
+
+class ConvertSyncBatchNorm(AbstractCallback):
+    """Convert every BatchNorm layer of the model to ``torch.nn.SyncBatchNorm``, in place.
+
+    Under DDP the batch statistics are then computed over the whole global batch. Conversion
+    happens when the callback is registered; the parameters and buffers are the same tensors, so
+    the optimizer and a DDP wrapper built earlier keep working. SyncBatchNorm needs an
+    accelerator once a process group exists: on CPU-only distributed runs (gloo) the model is
+    left unchanged, with a warning.
+    """
+
+    def __init__(self):
+        super().__init__("ConvertSyncBatchNorm", execution_order=-100)
+
+    def on_train_loop_registration(self):
+        loop = self.train_loop_obj
+        if loop.device.type == "cpu" and torch.distributed.is_available() and torch.distributed.is_initialized():
+            get_logger().warning("ConvertSyncBatchNorm: SyncBatchNorm does not run on CPU in a distributed "
+                                 "run; keeping BatchNorm layers.")
+            return
+        converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(loop.module)
+        if converted is not loop.module:
+            raise ValueError("ConvertSyncBatchNorm: the model itself is a BatchNorm layer; wrap it in a "
+                             "module so that it can be converted in place.")
