@@ -163,9 +163,11 @@ def chart(doc: dict, png_path: str) -> None:
                  if r["kind"] == "overhead_us" and r["median"] is not None]
     fig, axes = plt.subplots(1, 2, figsize=(13, max(3.0, 0.38 * len(rows) + 1.2)),
                              gridspec_kw={"width_ratios": [3, 2]})
-    _bars(axes[0], rows, "time ratio against the hand-written loop (1.0 = equal)", ref=1.0)
+    _bars(axes[0], rows, "time ratio against the hand-written loop (1.0 = equal; log scale)", ref=1.0)
+    axes[0].set_xscale("log")
     _bars(axes[1], [{**r, "scenario": "1"} for r in overheads],
-          "tiny MLP: overhead per training step (µs)", ref=0.0)
+          "tiny MLP: overhead per training step (µs; symlog)", ref=0.0)
+    axes[1].set_xscale("symlog", linthresh=10)
     fig.suptitle("aitoolbox benchmark: medians of interleaved fresh-process runs")
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
@@ -180,6 +182,8 @@ def _bars(ax, rows: List[dict], title: str, ref: float) -> None:
     ys = list(range(len(rows)))[::-1]
     ax.barh(ys, [m - ref for m in med], left=ref, xerr=err, color=colors, capsize=3)
     for y, r in zip(ys, rows):
+        ax.annotate(f"{r['median']:.3g}", (max(r["median"], ref), y), xytext=(4, -3),
+                    textcoords="offset points", fontsize=7)
         if r.get("target"):
             bound = float(r["target"].split()[-1])
             ax.plot([bound, bound], [y - 0.4, y + 0.4], color="tab:red", lw=2)
