@@ -154,7 +154,8 @@ class TrainLoop:
             grad_accumulation: accumulate gradients over this many batches per optimizer step.
             **kwargs: arguments of the device strategy: ``dp_model_args`` for ``gpu_mode='dp'``;
                 ``ddp_model_args``, ``in_process_data_load``, ``num_nodes``, ``node_rank``,
-                ``num_gpus``, ``backend``, ``init_method``, ``on_gpu`` for ``gpu_mode='ddp'``.
+                ``num_gpus``, ``backend``, ``init_method``, ``on_gpu``, ``timeout`` for ``gpu_mode='ddp'``
+                (see ``docs/distributed.md``).
 
         Returns:
             The trained model (the object passed to the TrainLoop).
@@ -290,6 +291,7 @@ class TrainLoop:
         if self._pending_callback_state is not None:
             self.callbacks_handler.load_state_dict(self._pending_callback_state)
             self._pending_callback_state = None
+        self.strategy.setup_run(self)
         if self.print_callbacks and self.is_main_process():
             self.callbacks_handler.print_registered_callbacks()
         for optimizer in self.optimizers:
@@ -625,9 +627,23 @@ class TrainLoop:
         """Train with DataParallel (``gpu_mode='dp'``); same as ``fit(..., dp_model_args=...)``."""
         return self.fit(num_epochs, num_iterations, callbacks, grad_accumulation, dp_model_args=dp_model_args)
 
-    def _train_ddp(self, num_epochs, num_iterations, callbacks=None, grad_accumulation=1, **ddp_kwargs):
-        """Train with DistributedDataParallel (``gpu_mode='ddp'``); same as ``fit(..., **ddp_kwargs)``."""
-        return self.fit(num_epochs, num_iterations, callbacks, grad_accumulation, **ddp_kwargs)
+    def _train_ddp(self, num_epochs, num_iterations, callbacks=None, grad_accumulation=1, ddp_model_args=None,
+                   in_process_data_load=None, num_nodes=1, node_rank=0, num_gpus=None, backend="nccl",
+                   init_method="env://", on_gpu=True):
+        """Train with DistributedDataParallel (``gpu_mode='ddp'``); same as ``fit(..., **ddp_kwargs)``.
+
+        ``num_gpus=None`` is the number of visible CUDA devices (processes per node).
+        """
+        return self.fit(num_epochs, num_iterations, callbacks, grad_accumulation, ddp_model_args=ddp_model_args,
+                        in_process_data_load=in_process_data_load, num_nodes=num_nodes, node_rank=node_rank,
+                        num_gpus=num_gpus, backend=backend, init_method=init_method, on_gpu=on_gpu)
+
+    def _spawn_fit(self, gpu, ddp_args, num_epochs, num_iterations, callbacks, grad_accumulation,
+                   in_process_data_load):
+        """Set up and train one rank in a process started by ``gpu_mode='ddp'`` (``gpu``: local rank)."""
+        train_args = dict(num_epochs=num_epochs, num_iterations=num_iterations, callbacks=list(callbacks or []),
+                          grad_accumulation=grad_accumulation)
+        return self.strategy.spawn_fit(self, gpu, ddp_args, train_args, list(in_process_data_load or []))
 
 
 class _NoProgress:

@@ -6,8 +6,9 @@ the registration order.
 """
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence
 
 logger = logging.getLogger("aitoolbox")
 
@@ -70,13 +71,22 @@ class CallbacksHandler:
             if "on_train_loop_registration" in cb.implemented_hooks():
                 cb.on_train_loop_registration()
         self.registered_callbacks.sort(key=lambda c: c.execution_order)
-        self._subscribers = {hook: [cb for cb in self.registered_callbacks
+        self._subscribers = {hook: [self._hook_function(cb, hook) for cb in self.registered_callbacks
                                     if hook in cb.implemented_hooks()] for hook in HOOKS}
+
+    def _hook_function(self, cb, hook: str) -> Callable:
+        """``cb``'s bound hook; in a multi-process run a rank-pinned callback's hook runs in the
+        strategy's ``solo()`` context, so that it never enters a collective without the other ranks."""
+        method = getattr(cb, hook)
+        strategy = getattr(self.train_loop_obj, "strategy", None)
+        if cb.device_idx_execution is None or strategy is None or strategy.world_size == 1:
+            return method
+        return functools.partial(_run_solo, strategy, method)
 
     def execute(self, hook: str, *args) -> None:
         """Call ``hook(*args)`` on every subscribed callback, in order."""
-        for cb in self._subscribers[hook]:
-            getattr(cb, hook)(*args)
+        for hook_function in self._subscribers[hook]:
+            hook_function(*args)
 
     def has(self, hook: str) -> bool:
         """Whether any registered callback implements ``hook``."""
@@ -110,3 +120,8 @@ class CallbacksHandler:
             seen[name] = seen.get(name, -1) + 1
             keyed[f"{name}:{seen[name]}"] = cb
         return keyed
+
+
+def _run_solo(strategy, method: Callable, *args):
+    with strategy.solo():
+        return method(*args)

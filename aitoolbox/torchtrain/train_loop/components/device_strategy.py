@@ -94,6 +94,12 @@ class DeviceStrategy:
             module._aitoolbox_compiled = True
         return ModelFeed(module, feed_def)
 
+    def setup_run(self, loop) -> None:
+        """Called by the TrainLoop once a run's callbacks are registered, before ``on_train_begin``.
+
+        The DDP strategy runs the ``on_multiprocess_start`` hooks here and shards the train loader.
+        """
+
     def prepare_train_loader(self, loader):
         """The loader to train with (the DDP strategy shards it across ranks)."""
         return loader
@@ -108,6 +114,11 @@ class DeviceStrategy:
     def no_sync(self, stepping: bool) -> ContextManager:
         """Context for a backward pass; skips gradient all-reduce on non-stepping batches (DDP)."""
         return _NULL_CONTEXT
+
+    def solo(self) -> ContextManager:
+        """Context in which this process works alone: evaluations read whole data sets and no
+        collective is entered. Callbacks pinned to one rank (``device_idx_execution``) run in it."""
+        return contextlib.nullcontext()
 
     def reduce_eval(self, loss_sum: Any, num_samples: int) -> Tuple[Any, int]:
         """Sum an evaluation loss sum and sample count over the ranks (identity here)."""

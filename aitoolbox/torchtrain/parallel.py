@@ -1,0 +1,117 @@
+"""DataParallel and DistributedDataParallel wrappers that keep the ``TTModel`` contract.
+
+``TTDataParallel`` / ``TTDistributedDataParallel`` expose the wrapped model's ``get_loss``,
+``get_loss_eval`` and ``get_predictions``. Inside them ``self`` is a :class:`ModuleView`: calling
+``self(...)`` runs the *wrapper* (so that DataParallel scatters the batch and DDP synchronises the
+gradients), while ``self.<attribute>`` finds the user's own attributes and methods.
+"""
+from __future__ import annotations
+
+import inspect
+import types
+from typing import Any
+
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+class ModuleView:
+    """What ``self`` is inside a wrapped model's ``get_loss`` / ``get_predictions``.
+
+    * ``view(...)`` calls the wrapper (DataParallel / DDP forward).
+    * Methods defined by the user's classes (not torch's) are bound to the view, so that
+      ``self.helper(...)`` calling ``self(...)`` also goes through the wrapper.
+    * Any other attribute is read from (and written to) the user's module; an attribute it lacks
+      is read from the wrapper (e.g. ``self.module``).
+
+    Args:
+        wrapper: the DataParallel / DistributedDataParallel module.
+        module: the user's module inside it.
+    """
+
+    __slots__ = ("_wrapper", "_module")
+
+    def __init__(self, wrapper: nn.Module, module: nn.Module):
+        object.__setattr__(self, "_wrapper", wrapper)
+        object.__setattr__(self, "_module", module)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return object.__getattribute__(self, "_wrapper")(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        module = object.__getattribute__(self, "_module")
+        function = _user_function(type(module), name)
+        if function is not None:
+            return types.MethodType(function, self)
+        try:
+            return getattr(module, name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_wrapper"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(object.__getattribute__(self, "_module"), name, value)
+
+    def __reduce__(self):
+        return ModuleView, (object.__getattribute__(self, "_wrapper"), object.__getattribute__(self, "_module"))
+
+    def __repr__(self) -> str:
+        return f"ModuleView({object.__getattribute__(self, '_module')!r})"
+
+
+def _user_function(cls: type, name: str):
+    """The plain function ``name`` of ``cls`` when a non-torch class in its MRO defines it."""
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            value = klass.__dict__[name]
+            from_torch = (klass.__module__ or "").startswith("torch.")
+            return value if inspect.isfunction(value) and not from_torch else None
+    return None
+
+
+class _TTWrapperMixin:
+    """``get_loss`` / ``get_loss_eval`` / ``get_predictions`` of the wrapped TTModel, through a view."""
+
+    module: nn.Module
+
+    @property
+    def model_view(self) -> ModuleView:
+        """The wrapped model as its methods see it: calls run this wrapper."""
+        return ModuleView(self, self.module)
+
+    def get_loss(self, batch_data, criterion, device):
+        """The wrapped model's ``get_loss`` with ``self(...)`` running through this wrapper."""
+        return self.model_view.get_loss(batch_data, criterion, device)
+
+    def get_loss_eval(self, batch_data, criterion, device):
+        """The wrapped model's ``get_loss_eval`` with ``self(...)`` running through this wrapper."""
+        return self.model_view.get_loss_eval(batch_data, criterion, device)
+
+    def get_predictions(self, batch_data, device):
+        """The wrapped model's ``get_predictions`` with ``self(...)`` running through this wrapper."""
+        return self.model_view.get_predictions(batch_data, device)
+
+
+class TTDataParallel(_TTWrapperMixin, nn.DataParallel):
+    """``nn.DataParallel`` for a ``TTModel``: its ``get_loss`` / ``get_predictions`` run through DP.
+
+    Without visible GPUs DataParallel simply calls the module.
+
+    Args:
+        module: the ``TTModel`` to wrap.
+        **kwargs: arguments of ``torch.nn.DataParallel`` (``device_ids``, ``output_device``, ``dim``).
+    """
+
+    def __init__(self, module: nn.Module, **kwargs: Any):
+        super().__init__(module, **kwargs)
+
+
+class TTDistributedDataParallel(_TTWrapperMixin, DistributedDataParallel):
+    """``DistributedDataParallel`` for a ``TTModel``: ``self(...)`` in its methods synchronises gradients.
+
+    Args:
+        module: the ``TTModel`` to wrap.
+        **kwargs: arguments of ``torch.nn.parallel.DistributedDataParallel``.
+    """
+
+    def __init__(self, module: nn.Module, **kwargs: Any):
+        super().__init__(module, **kwargs)
