@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional, Tuple
 
 import torch
@@ -113,9 +114,10 @@ class ModelFeed:
             self.get_loss_eval = module.get_loss_eval
             self.get_predictions = module.get_predictions
         else:
-            self.get_loss = lambda batch, crit, dev: feed_def.get_loss(module, batch, crit, dev)
-            self.get_loss_eval = lambda batch, crit, dev: feed_def.get_loss_eval(module, batch, crit, dev)
-            self.get_predictions = lambda batch, dev: feed_def.get_predictions(module, batch, dev)
+            # partial, not a lambda: one Python frame less per batch on the hot path
+            self.get_loss = functools.partial(feed_def.get_loss, module)
+            self.get_loss_eval = functools.partial(feed_def.get_loss_eval, module)
+            self.get_predictions = functools.partial(feed_def.get_predictions, module)
 
 
 def split_model(model) -> Tuple[nn.Module, Optional[AbstractModelFeedDefinition]]:

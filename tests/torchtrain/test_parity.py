@@ -1,4 +1,5 @@
 """Bit-exact parity of TrainLoop with a hand-written PyTorch loop on CPU (SPEC 4.1, 4.2)."""
+import pytest
 import torch
 from torch import nn
 
@@ -9,32 +10,38 @@ from aitoolbox.torchtrain.schedulers.warmup import LinearWithWarmupScheduler
 from _loop_helpers import assert_same_weights, clone_model, loader, make_data, make_mlp, reference_train
 
 
-def _run_pair(num_epochs, grad_accumulation=1, optimizer_fn=None, batch_size=10, num_samples=100):
+def _run_pair(num_epochs, grad_accumulation=1, optimizer_fn=None, batch_size=10, num_samples=100, seeded=False):
     data = make_data(num_samples)
     optimizer_fn = optimizer_fn or (lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9))
     model_ref = make_mlp()
     model_tl = clone_model(model_ref)
 
+    def train_loader():
+        generator = torch.Generator().manual_seed(42) if seeded else None
+        return loader(data, batch_size, shuffle=True, generator=generator)
+
     torch.manual_seed(123)
-    reference_train(model_ref, loader(data, batch_size, shuffle=True), optimizer_fn(model_ref.parameters()),
+    reference_train(model_ref, train_loader(), optimizer_fn(model_ref.parameters()),
                     nn.CrossEntropyLoss(), num_epochs, grad_accumulation)
 
     torch.manual_seed(123)
-    loop = TrainLoop(model_tl, loader(data, batch_size, shuffle=True), loader(data, 32), None,
+    loop = TrainLoop(model_tl, train_loader(), loader(data, 32), None,
                      optimizer_fn(model_tl.parameters()), nn.CrossEntropyLoss(), show_progress=False)
     loop.fit(num_epochs=num_epochs, grad_accumulation=grad_accumulation)
     return model_ref, model_tl, loop
 
 
-def test_shuffled_dropout_sgd_momentum_bit_exact():
-    model_ref, model_tl, loop = _run_pair(num_epochs=3)
+@pytest.mark.parametrize("seeded", [False, True], ids=["global_rng", "seeded_loader_generator"])
+def test_shuffled_dropout_sgd_momentum_bit_exact(seeded):
+    model_ref, model_tl, loop = _run_pair(num_epochs=3, seeded=seeded)
     assert_same_weights(model_ref, model_tl)
     # The end-of-epoch evaluation ran (and did not disturb the training RNG stream).
     assert len(loop.train_history["val_loss"]) == 3
 
 
-def test_grad_accumulation_3_over_10_batches_bit_exact():
-    model_ref, model_tl, loop = _run_pair(num_epochs=2, grad_accumulation=3)
+@pytest.mark.parametrize("seeded", [False, True], ids=["global_rng", "seeded_loader_generator"])
+def test_grad_accumulation_3_over_10_batches_bit_exact(seeded):
+    model_ref, model_tl, loop = _run_pair(num_epochs=2, grad_accumulation=3, seeded=seeded)
     assert_same_weights(model_ref, model_tl)
     assert loop.num_optimizer_steps == 8  # 4 per epoch: windows of 3, 3, 3, 1
     assert loop.get_num_training_steps() == 8

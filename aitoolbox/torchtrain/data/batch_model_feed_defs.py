@@ -22,7 +22,8 @@ def move_to_device(data: Any, device: torch.device, non_blocking: bool = False) 
     if isinstance(data, torch.Tensor):
         return data.to(device, non_blocking=non_blocking)
     if isinstance(data, (list, tuple)):
-        return type(data)(move_to_device(d, device, non_blocking) for d in data)
+        moved = [move_to_device(d, device, non_blocking) for d in data]
+        return moved if type(data) is list else type(data)(moved)
     if isinstance(data, dict):
         return {k: move_to_device(v, device, non_blocking) for k, v in data.items()}
     return data
@@ -55,9 +56,9 @@ class BasicModelFeedDefinition(AbstractModelFeedDefinition):
 
     def get_loss(self, model, batch_data, criterion, device):
         *inputs, target = batch_data
-        output = model(*move_to_device(inputs, device))
+        output = model(*[move_to_device(item, device) for item in inputs])
         return criterion(output, target.to(device))
 
     def get_predictions(self, model, batch_data, device):
         *inputs, target = batch_data
-        return model(*move_to_device(inputs, device)), target, None
+        return model(*[move_to_device(item, device) for item in inputs]), target, None

@@ -197,7 +197,7 @@ class TrainLoop:
             for batch_data in batches:
                 self._train_step(batch_data)
                 progress.update()
-                if self.early_stop or self.iteration >= self._epoch_len:
+                if self.early_stop:
                     break
                 if progress.disable is False and self.iteration % 50 == 0:
                     progress.set_postfix(loss=self._loss_value(self.loss_batch_accum[-1]))
@@ -312,7 +312,7 @@ class TrainLoop:
             self.epoch_start_rng = checkpointing.rng_snapshot(self.train_loader)
             self.loss_batch_accum = []
             self.callbacks_handler.execute("on_epoch_begin")
-            return iter(self.train_loader)
+            return self._epoch_batches(iter(self.train_loader))
         # Mid-epoch: replay the epoch's start so that the remaining batches come in the same order.
         current_rng = checkpointing.rng_snapshot(self.train_loader)
         checkpointing.restore_rng(self.train_loader, self.epoch_start_rng)
@@ -320,10 +320,19 @@ class TrainLoop:
         for _ in itertools.islice(batches, self.iteration):
             pass
         checkpointing.restore_rng(self.train_loader, current_rng)
-        # Never ask the replayed iterator for more than the epoch's remaining batches: an extra
-        # next() on an exhausted sampler draws from its generator (RandomSampler does), which the
-        # uninterrupted run - that stops after its last batch - never does.
-        return itertools.islice(batches, self._epoch_len - self.iteration)
+        return self._epoch_batches(batches)
+
+    def _epoch_batches(self, batches):
+        """The batches left in this epoch.
+
+        A whole epoch runs the loader to exhaustion, as a plain ``for`` loop does: the last,
+        empty ``next()`` draws from a seeded ``RandomSampler``'s generator, and skipping it would
+        shuffle the next epoch differently. An epoch cut short by ``num_iterations`` stops without
+        asking for one batch more.
+        """
+        if self._epoch_len < len(self.train_loader):
+            return itertools.islice(batches, self._epoch_len - self.iteration)
+        return batches
 
     def _batches_this_epoch(self) -> int:
         epoch_len = len(self.train_loader)

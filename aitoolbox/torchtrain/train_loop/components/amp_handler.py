@@ -15,6 +15,10 @@ _SCALER_KEYS = tuple(p for p in inspect.signature(torch.amp.GradScaler.__init__)
                      if p not in ("self", "device"))
 
 
+#: one shared no-op context (reusable): no allocation per batch when AMP is off
+_NULL_CONTEXT = contextlib.nullcontext()
+
+
 def validate_use_amp(use_amp: Union[bool, dict]) -> None:
     """Raise a clear error for a ``use_amp`` value that is not a bool or a dict of scaler args.
 
@@ -56,7 +60,7 @@ class AmpHandler:
     def autocast(self) -> ContextManager:
         """The autocast context for the forward pass and the loss (a no-op when AMP is off)."""
         if not self.enabled:
-            return contextlib.nullcontext()
+            return _NULL_CONTEXT
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
     def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:

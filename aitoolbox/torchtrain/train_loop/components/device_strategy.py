@@ -17,6 +17,10 @@ from aitoolbox.torchtrain.model import ModelFeed
 from aitoolbox.torchtrain.train_loop.components.data_loading import eval_loader
 
 
+#: one shared no-op context (reusable): no allocation per batch on the hot path
+_NULL_CONTEXT = contextlib.nullcontext()
+
+
 class DeviceStrategy:
     """One process, one device: the base every strategy extends.
 
@@ -109,7 +113,7 @@ class DeviceStrategy:
 
     def no_sync(self, stepping: bool) -> ContextManager:
         """Context for a backward pass; skips gradient all-reduce on non-stepping batches (DDP)."""
-        return contextlib.nullcontext()
+        return _NULL_CONTEXT
 
     def solo(self) -> ContextManager:
         """Context in which this process works alone: evaluations read whole data sets and no

@@ -1,0 +1,75 @@
+"""Scenario 3: a full ``fit`` with the defaults, and what the end-of-epoch evaluation costs.
+
+``TrainLoop``'s defaults evaluate the loss on the training and the validation set after every
+epoch (``end_auto_eval=True``) and show a progress bar. The fair reference is therefore the
+hand-written loop followed, every epoch, by one plain ``torch.inference_mode()`` forward pass over
+each evaluated set. The ``*_eval`` arms time that evaluation alone, on the same data.
+"""
+from __future__ import annotations
+
+from bench import common
+
+BASE = dict(sizes=[784, 1024, 1024, 10], batch_size=128, num_train=12_800, num_val=3_200, num_epochs=2)
+
+
+def params(quick: bool) -> dict:
+    """The workload; ``quick`` shrinks it to a smoke run."""
+    out = dict(BASE)
+    if quick:
+        out.update(num_train=128 * 8, num_val=128 * 2, num_epochs=1)
+    return out
+
+
+def setup(p: dict):
+    """``(model, train_loader, val_loader, optimizer, criterion)`` after a warm-up."""
+    import torch
+    common.limit_threads()
+    common.warm_up(p["sizes"], p["batch_size"])
+    model = common.mlp(p["sizes"])
+    n_in, n_out = p["sizes"][0], p["sizes"][-1]
+    train = common.loader(common.dataset(p["num_train"], n_in, n_out), p["batch_size"], shuffle=True)
+    val = common.loader(common.dataset(p["num_val"], n_in, n_out, seed=common.SEED + 7),
+                        p["batch_size"], shuffle=False)
+    return model, train, val, common.sgd(model), torch.nn.CrossEntropyLoss()
+
+
+def arm_hand(p: dict) -> dict:
+    """Hand-written training plus, per epoch, one inference-mode pass over train and validation."""
+    model, train, val, opt, crit = setup(p)
+    history = []
+    with common.Timer() as timer:
+        for _ in range(p["num_epochs"]):
+            common.hand_train(model, train, opt, crit, 1)
+            history.append((common.hand_eval_loss(model, train, crit),
+                            common.hand_eval_loss(model, val, crit)))
+    return {**timer.times(), "checksum": common.checksum(model), "history": history}
+
+
+def arm_aitoolbox(p: dict) -> dict:
+    """``TrainLoop`` with every default: end-of-epoch evaluation and the progress bar on."""
+    from aitoolbox import TrainLoop
+    model, train, val, opt, crit = setup(p)
+    with common.Timer() as timer:
+        loop = TrainLoop(model, train, val, None, opt, crit)
+        loop.fit(num_epochs=p["num_epochs"])
+    history = list(zip(loop.train_history["loss"], loop.train_history["val_loss"]))
+    return {**timer.times(), "checksum": common.checksum(model), "history": history}
+
+
+def arm_hand_eval(p: dict) -> dict:
+    """Only the evaluation: one inference-mode pass over the training and the validation set."""
+    model, train, val, _, crit = setup(p)
+    with common.Timer() as timer:
+        losses = (common.hand_eval_loss(model, train, crit), common.hand_eval_loss(model, val, crit))
+    return {**timer.times(), "losses": losses}
+
+
+def arm_aitoolbox_eval(p: dict) -> dict:
+    """Only the evaluation, as ``auto_execute_end_of_epoch`` runs it (uncached)."""
+    from aitoolbox import TrainLoop
+    model, train, val, opt, crit = setup(p)
+    loop = TrainLoop(model, train, val, None, opt, crit)
+    with common.Timer() as timer:
+        losses = (float(loop.evaluate_loss_on_train_set(force_prediction=True)),
+                  float(loop.evaluate_loss_on_validation_set(force_prediction=True)))
+    return {**timer.times(), "losses": losses}
