@@ -96,35 +96,16 @@ def arm_hand(p: dict) -> dict:
     return read_stamp(stamp)
 
 
-def _first_step_callback(stamp: str):
-    """A callback that stamps rank 0's first training step into ``stamp``."""
-    from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
-
-    class FirstStepStamp(AbstractCallback):
-        """Writes the wall-clock time of the first batch on rank 0."""
-
-        def __init__(self):
-            super().__init__("first step stamp", device_idx_execution=0)
-            self.done = False
-
-        def on_batch_begin(self):
-            if not self.done:
-                with open(stamp, "w") as fh:
-                    fh.write(repr(time.time()))
-                self.done = True
-
-    return FirstStepStamp()
-
-
 def arm_aitoolbox(p: dict) -> dict:
     """``TrainLoop(..., gpu_mode='ddp').fit(num_gpus=2, on_gpu=False, backend='gloo')``."""
     import torch
     from aitoolbox import TrainLoop
+    from bench.scenarios.ddp_stamp import FirstStepStamp
     model = common.mlp(p["sizes"])
     train = common.loader(train_data(p), p["batch_size"], shuffle=True)
     stamp = stamp_path()
     loop = TrainLoop(model, train, None, None, common.sgd(model), torch.nn.CrossEntropyLoss(),
                      gpu_mode="ddp", end_auto_eval=False, show_progress=False)
-    loop.fit(num_epochs=1, callbacks=[_first_step_callback(stamp)], num_gpus=p["world_size"],
+    loop.fit(num_epochs=1, callbacks=[FirstStepStamp(stamp)], num_gpus=p["world_size"],
              on_gpu=False, backend="gloo")
     return read_stamp(stamp)
