@@ -91,3 +91,24 @@ def test_multiloss_evaluation_per_loss_and_float_dict_format():
     assert set(loss) == {"ce", "l1"}
     assert abs(loss["ce"] - nn.functional.cross_entropy(out, data.tensors[1]).item()) < 1e-6
     assert abs(loss["l1"] - out.abs().mean().item()) < 1e-6
+
+
+class ShortIterable(torch.utils.data.IterableDataset):
+    """Claims 30 samples but yields 20: an estimated __len__."""
+
+    def __iter__(self):
+        data = make_data(20)
+        return iter([data[i] for i in range(20)])
+
+    def __len__(self):
+        return 30
+
+
+def test_loader_shorter_than_its_len_still_ends_each_epoch():
+    model = make_mlp()
+    train = loader(ShortIterable(), 10)
+    loop = TrainLoop(model, train, None, None, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
+                     show_progress=False, end_auto_eval=False)
+    loop.fit(num_epochs=3)
+    assert loop.epoch == 3 and loop.total_iteration_idx == 6
+    assert len(loop.train_history["accumulated_loss"]) == 3

@@ -193,15 +193,18 @@ class TrainLoop:
     def _train_epoch(self) -> None:
         """One epoch (or what is left of it): batches, then the end-of-epoch work."""
         batches = self._open_epoch()
+        loader_exhausted = True
         with self._progress_bar() as progress:
             for batch_data in batches:
                 self._train_step(batch_data)
                 progress.update()
                 if self.early_stop:
+                    loader_exhausted = False
                     break
                 if progress.disable is False and self.iteration % 50 == 0:
                     progress.set_postfix(loss=self._loss_value(self.loss_batch_accum[-1]))
-        self._close_epoch()
+        # A loader that yields fewer batches than its len() (an estimated __len__) still ends the epoch.
+        self._close_epoch(loader_exhausted and self._epoch_len == len(self.train_loader))
 
     def _train_step(self, batch_data) -> None:
         """One batch: loss, backward, and (when the window is full) the optimizer update."""
@@ -341,13 +344,13 @@ class TrainLoop:
             epoch_len = min(epoch_len, self.iteration + remaining)
         return epoch_len
 
-    def _close_epoch(self) -> None:
+    def _close_epoch(self, loader_exhausted: bool = False) -> None:
         if self.loss_batch_accum:
             self.insert_metric_result_into_history(
                 "accumulated_loss", self.convert_loss_to_float_dict_format(self._mean_train_loss()))
         if self._auto_eval_enabled(epoch=self.epoch):
             self.auto_execute_end_of_epoch()
-        epoch_complete = self.iteration >= len(self.train_loader) or self.early_stop
+        epoch_complete = self.iteration >= len(self.train_loader) or self.early_stop or loader_exhausted
         self._checkpoint_phase = "epoch_end" if epoch_complete else None
         self.callbacks_handler.execute("on_epoch_end")
         self._checkpoint_phase = None
