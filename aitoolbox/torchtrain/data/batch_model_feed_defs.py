@@ -20,7 +20,8 @@ def move_to_device(data: Any, device: torch.device, non_blocking: bool = False) 
         The same structure with the tensors on ``device``.
     """
     if isinstance(data, torch.Tensor):
-        return data.to(device, non_blocking=non_blocking)
+        # no keyword unless needed: a keyword argument makes Tensor.to measurably slower per batch
+        return data.to(device, non_blocking=True) if non_blocking else data.to(device)
     if isinstance(data, (list, tuple)):
         moved = [move_to_device(d, device, non_blocking) for d in data]
         return moved if type(data) is list else type(data)(moved)
@@ -56,7 +57,9 @@ class BasicModelFeedDefinition(AbstractModelFeedDefinition):
 
     def get_loss(self, model, batch_data, criterion, device):
         *inputs, target = batch_data
-        output = model(*[move_to_device(item, device) for item in inputs])
+        # tensors moved inline, nested structures through move_to_device: one frame per batch
+        output = model(*[x.to(device) if isinstance(x, torch.Tensor) else move_to_device(x, device)
+                         for x in inputs])
         return criterion(output, target.to(device))
 
     def get_predictions(self, model, batch_data, device):

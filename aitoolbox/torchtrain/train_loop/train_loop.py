@@ -22,8 +22,9 @@ from aitoolbox.torchtrain.train_loop.components.amp_handler import AmpHandler
 from aitoolbox.torchtrain.train_loop.components.callback_handler import CallbacksHandler
 from aitoolbox.torchtrain.train_loop.components.device_strategy import make_strategy
 from aitoolbox.torchtrain.train_loop.components.message_passing import MessageService
+from aitoolbox.torchtrain.train_loop.components.data_loading import expected_num_samples
 from aitoolbox.torchtrain.train_loop.components.pred_collate_fns import (
-    append_predictions, torch_cat_transf)
+    PredictionCollector, append_predictions, torch_cat_transf)
 from aitoolbox.torchtrain.train_loop.components.prediction_store import PredictionStore
 from aitoolbox.torchtrain.train_loop.components import validation
 from aitoolbox.torchtrain.train_loop.components.evaluation import (
@@ -113,6 +114,7 @@ class TrainLoop:
         self.feed = self.strategy.setup_model(self.module, self.feed_def)
         self.amp_handler = AmpHandler(use_amp, self.device)
         self.optimizers = list(optimizer) if isinstance(optimizer, MultiOptimizer) else [optimizer]
+        self._optimizer_indices = range(len(self.optimizers))
 
         self.train_history = TrainingHistory(has_validation=validation_loader is not None,
                                              has_test=test_loader is not None)
@@ -195,43 +197,61 @@ class TrainLoop:
         batches = self._open_epoch()
         loader_exhausted = True
         with self._progress_bar() as progress:
+            shown = progress.disable is False
             for batch_data in batches:
                 self._train_step(batch_data)
-                progress.update()
+                if shown:
+                    progress.update()
+                    if self.iteration % 50 == 0:
+                        progress.set_postfix(loss=self._loss_value(self.loss_batch_accum[-1]))
                 if self.early_stop:
                     loader_exhausted = False
                     break
-                if progress.disable is False and self.iteration % 50 == 0:
-                    progress.set_postfix(loss=self._loss_value(self.loss_batch_accum[-1]))
         # A loader that yields fewer batches than its len() (an estimated __len__) still ends the epoch.
         self._close_epoch(loader_exhausted and self._epoch_len == len(self.train_loader))
 
     def _train_step(self, batch_data) -> None:
-        """One batch: loss, backward, and (when the window is full) the optimizer update."""
-        handler = self.callbacks_handler
-        handler.execute("on_batch_begin")
+        """One batch: loss, backward, and (when the window is full) the optimizer update.
+
+        The hot path: hooks are called straight from the handler's subscriber lists (empty for
+        hooks that no callback implements), not through ``CallbacksHandler.execute``.
+        """
+        hooks = self.callbacks_handler.subscribers
+        for hook in hooks["on_batch_begin"]:
+            hook()
         stepping = self.should_execute_optimizer_update()
-        with self.strategy.no_sync(stepping):
-            loss_batch = self._calculate_batch_loss(batch_data)
-            self.loss_batch_accum.append(loss_batch.detach())
-            if self.grad_accumulation > 1:
-                loss_batch = loss_batch / self._window_size()
-            for optimizer_idx in range(len(self.optimizers)):
-                self._backward_pass(loss_batch, optimizer_idx)
         if stepping:
-            for optimizer_idx in range(len(self.optimizers)):
-                handler.execute("on_after_gradient_update", optimizer_idx)
+            self._forward_backward(batch_data)
+        else:  # an accumulation micro-batch: DDP skips the gradient all-reduce
+            with self.strategy.no_sync():
+                self._forward_backward(batch_data)
+        if stepping:
+            for optimizer_idx in self._optimizer_indices:
+                for hook in hooks["on_after_gradient_update"]:
+                    hook(optimizer_idx)
                 self._optimizer_step(optimizer_idx)
                 self._optimizer_zero_grad(optimizer_idx)
             self.amp_handler.update()
             self.num_optimizer_steps += 1
             self.weights_version += 1
-            handler.execute("on_after_optimizer_step")
-        self._checkpoint_phase = "batch_end"
-        handler.execute("on_batch_end")
-        self._checkpoint_phase = None
+            for hook in hooks["on_after_optimizer_step"]:
+                hook()
+        if hooks["on_batch_end"]:
+            self._checkpoint_phase = "batch_end"
+            for hook in hooks["on_batch_end"]:
+                hook()
+            self._checkpoint_phase = None
         self.iteration += 1
         self.total_iteration_idx += 1
+
+    def _forward_backward(self, batch_data) -> None:
+        """Loss of the batch (kept for ``accumulated_loss``), scaled to its window, back-propagated."""
+        loss_batch = self._calculate_batch_loss(batch_data)
+        self.loss_batch_accum.append(loss_batch.detach())
+        if self.grad_accumulation > 1:
+            loss_batch = loss_batch / self._window_size()
+        for optimizer_idx in self._optimizer_indices:
+            self._backward_pass(loss_batch, optimizer_idx)
 
     # ------------------------------------------------------------------ overridable step methods
     def _calculate_batch_loss(self, batch_data):
@@ -243,6 +263,8 @@ class TrainLoop:
         Returns:
             The batch loss: a tensor or a ``MultiLoss``.
         """
+        if not self.amp_handler.enabled:  # no context manager at all on the plain path
+            return self.feed.get_loss(batch_data, self.criterion, self.device)
         with self.amp_handler.autocast():
             return self.feed.get_loss(batch_data, self.criterion, self.device)
 
@@ -533,19 +555,29 @@ class TrainLoop:
             ``(y_pred, y_true, metadata)``: the collected predictions, targets and metadata.
         """
         loader = self._eval_loader(data_loader)
-        y_pred, y_true, metadata = [], [], None
+        # With the default collate / transform the collectors fill preallocated tensors: the peak
+        # holds the result and one batch, not a second copy of the outputs (see PredictionCollector).
+        num_samples = expected_num_samples(loader)
+        y_pred, y_true = (PredictionCollector(self.collate_batch_pred_fn, self.pred_transform_fn,
+                                              num_samples, move_to_cpu) for _ in range(2))
+        metadata = None
+        # no_grad, not inference_mode: what is returned (and handed to callbacks) stays an ordinary
+        # tensor, and get_predictions may use autograd itself (torch.enable_grad()).
         with self._evaluation_mode(loader), torch.no_grad():
             for batch_data in loader:
                 with self.amp_handler.autocast():
                     pred, true, meta = self.feed.get_predictions(batch_data, self.device)
-                if move_to_cpu:
-                    pred, true = _to_cpu(pred), _to_cpu(true)
-                y_pred = self.collate_batch_pred_fn(pred, y_pred)
-                y_true = self.collate_batch_pred_fn(true, y_true)
-                metadata = merge_metadata(metadata, meta)
                 if execute_callbacks:
-                    self.callbacks_handler.execute("on_after_batch_prediction", pred, true, meta, dataset_info)
-        y_pred, y_true = self.pred_transform_fn(y_pred), self.pred_transform_fn(y_true)
+                    if move_to_cpu:
+                        pred, true = _to_cpu(pred), _to_cpu(true)
+                    self.callbacks_handler.execute("on_after_batch_prediction", pred, true, meta,
+                                                   dataset_info)
+                batch_samples = batch_size_of(batch_data)
+                y_pred.add(pred, batch_samples)
+                y_true.add(true, batch_samples)
+                metadata = merge_metadata(metadata, meta)
+                del pred, true, meta  # copied: free them before the next batch is computed
+        y_pred, y_true = y_pred.result(), y_true.result()
         dataset = getattr(loader, "dataset", None)
         dataset_len = len(dataset) if hasattr(dataset, "__len__") else None
         return self.strategy.gather_predictions(y_pred, y_true, metadata, dataset_len)
@@ -659,9 +691,6 @@ class _NoProgress:
 
     def __exit__(self, *exc):
         return False
-
-    def update(self, n: int = 1) -> None:
-        pass
 
 
 def _to_cpu(value):

@@ -39,12 +39,14 @@ class CallbacksHandler:
     def __init__(self, train_loop_obj):
         self.train_loop_obj = train_loop_obj
         self.registered_callbacks: List = []
-        self._subscribers: Dict[str, List] = {hook: [] for hook in HOOKS}
+        #: hook name -> the subscribed callables, in execution order (read-only for others: the
+        #: TrainLoop's batch loop iterates these lists directly)
+        self.subscribers: Dict[str, List] = {hook: [] for hook in HOOKS}
 
     def reset(self) -> None:
         """Forget every registered callback (each ``fit`` registers its own)."""
         self.registered_callbacks = []
-        self._subscribers = {hook: [] for hook in HOOKS}
+        self.subscribers = {hook: [] for hook in HOOKS}
 
     def register_callbacks(self, callbacks: Sequence, rank: int = 0) -> None:
         """Register callbacks, call their ``on_train_loop_registration``, rebuild the hook lists.
@@ -71,7 +73,7 @@ class CallbacksHandler:
             if "on_train_loop_registration" in cb.implemented_hooks():
                 cb.on_train_loop_registration()
         self.registered_callbacks.sort(key=lambda c: c.execution_order)
-        self._subscribers = {hook: [self._hook_function(cb, hook) for cb in self.registered_callbacks
+        self.subscribers = {hook: [self._hook_function(cb, hook) for cb in self.registered_callbacks
                                     if hook in cb.implemented_hooks()] for hook in HOOKS}
 
     def _hook_function(self, cb, hook: str) -> Callable:
@@ -85,12 +87,12 @@ class CallbacksHandler:
 
     def execute(self, hook: str, *args) -> None:
         """Call ``hook(*args)`` on every subscribed callback, in order."""
-        for hook_function in self._subscribers[hook]:
+        for hook_function in self.subscribers[hook]:
             hook_function(*args)
 
     def has(self, hook: str) -> bool:
         """Whether any registered callback implements ``hook``."""
-        return bool(self._subscribers[hook])
+        return bool(self.subscribers[hook])
 
     def print_registered_callbacks(self) -> None:
         """Log the registered callbacks and the hooks each one implements."""

@@ -5,7 +5,7 @@ import inspect
 from typing import Optional
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 
 _LOADER_ARGS = [p for p in inspect.signature(DataLoader.__init__).parameters
                 if p not in ("self", "dataset", "batch_size", "shuffle", "sampler", "batch_sampler",
@@ -83,3 +83,24 @@ def set_loader_generator_states(loader, states: list) -> None:
     for gen, state in zip(_generators(loader), states):
         if isinstance(gen, torch.Generator) and state is not None:
             gen.set_state(state)
+
+
+def expected_num_samples(loader) -> Optional[int]:
+    """Number of samples one pass over ``loader`` is expected to yield, or None when unknown.
+
+    The length of its sampler (a sharded evaluation loader's sampler counts this rank's share),
+    else of its data set. None for an iterable data set, whose ``__len__`` is at best a hint, and
+    for a DataLoader without automatic batching (``batch_size=None``: its items may be batches).
+    An estimate for preallocating results: a custom batch sampler or a data set whose
+    ``__len__`` is wrong can make the real number differ.
+    """
+    dataset = getattr(loader, "dataset", None)
+    unbatched = isinstance(loader, DataLoader) and loader.batch_sampler is None
+    if unbatched or isinstance(dataset, IterableDataset):
+        return None
+    for source in (getattr(loader, "sampler", None), dataset):
+        try:
+            return len(source)
+        except (TypeError, NotImplementedError):  # None, or no usable __len__
+            continue
+    return None

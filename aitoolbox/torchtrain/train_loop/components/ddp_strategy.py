@@ -259,9 +259,9 @@ class DDPStrategy(DeviceStrategy):
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
 
-    def no_sync(self, stepping: bool) -> ContextManager:
+    def no_sync(self) -> ContextManager:
         """``DDP.no_sync()`` on accumulation micro-steps: gradients are all-reduced only when stepping."""
-        if stepping or self.ddp_model is None:
+        if self.ddp_model is None:
             return contextlib.nullcontext()
         return self.ddp_model.no_sync()
 

@@ -111,8 +111,9 @@ class DeviceStrategy:
     def set_epoch(self, loader, epoch: int) -> None:
         """Tell a distributed sampler which epoch starts (no-op on one device)."""
 
-    def no_sync(self, stepping: bool) -> ContextManager:
-        """Context for a backward pass; skips gradient all-reduce on non-stepping batches (DDP)."""
+    def no_sync(self) -> ContextManager:
+        """Context of the forward and backward pass of an accumulation micro-batch (one after
+        which the optimizer does not step); DDP skips the gradient all-reduce in it."""
         return _NULL_CONTEXT
 
     def solo(self) -> ContextManager:
