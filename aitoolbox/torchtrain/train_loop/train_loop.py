@@ -199,7 +199,9 @@ class TrainLoop:
         with self._progress_bar() as progress:
             shown = progress.disable is False
             for batch_data in batches:
-                self._train_step(batch_data)
+                # Holding the batch loss until the next one is computed, like a plain loop's `loss`
+                # variable, keeps its graph's gradient accumulators: torch reuses them next step.
+                loss_batch = self._train_step(batch_data)  # noqa: F841
                 if shown:
                     progress.update()
                     if self.iteration % 50 == 0:
@@ -210,21 +212,24 @@ class TrainLoop:
         # A loader that yields fewer batches than its len() (an estimated __len__) still ends the epoch.
         self._close_epoch(loader_exhausted and self._epoch_len == len(self.train_loader))
 
-    def _train_step(self, batch_data) -> None:
+    def _train_step(self, batch_data):
         """One batch: loss, backward, and (when the window is full) the optimizer update.
 
         The hot path: hooks are called straight from the handler's subscriber lists (empty for
         hooks that no callback implements), not through ``CallbacksHandler.execute``.
+
+        Returns:
+            The batch loss (back-propagated already).
         """
         hooks = self.callbacks_handler.subscribers
         for hook in hooks["on_batch_begin"]:
             hook()
         stepping = self.should_execute_optimizer_update()
         if stepping:
-            self._forward_backward(batch_data)
+            loss_batch = self._forward_backward(batch_data)
         else:  # an accumulation micro-batch: DDP skips the gradient all-reduce
             with self.strategy.no_sync():
-                self._forward_backward(batch_data)
+                loss_batch = self._forward_backward(batch_data)
         if stepping:
             for optimizer_idx in self._optimizer_indices:
                 for hook in hooks["on_after_gradient_update"]:
@@ -243,8 +248,9 @@ class TrainLoop:
             self._checkpoint_phase = None
         self.iteration += 1
         self.total_iteration_idx += 1
+        return loss_batch
 
-    def _forward_backward(self, batch_data) -> None:
+    def _forward_backward(self, batch_data):
         """Loss of the batch (kept for ``accumulated_loss``), scaled to its window, back-propagated."""
         loss_batch = self._calculate_batch_loss(batch_data)
         self.loss_batch_accum.append(loss_batch.detach())
@@ -252,6 +258,7 @@ class TrainLoop:
             loss_batch = loss_batch / self._window_size()
         for optimizer_idx in self._optimizer_indices:
             self._backward_pass(loss_batch, optimizer_idx)
+        return loss_batch
 
     # ------------------------------------------------------------------ overridable step methods
     def _calculate_batch_loss(self, batch_data):
