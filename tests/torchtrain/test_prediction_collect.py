@@ -296,11 +296,13 @@ def test_predict_with_model_without_moving_to_cpu():
     _assert_identical(y_true, ref_true)
 
 
-class _TupleDictNet(TTModel):
-    def __init__(self, kind):
+class _LinearNet(TTModel):
+    """8 -> 3 linear TTModel; subclasses define get_predictions."""
+
+    def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.linear, self.kind = nn.Linear(8, 3), kind
+        self.linear = nn.Linear(8, 3)
 
     def forward(self, x):
         return self.linear(x)
@@ -308,6 +310,12 @@ class _TupleDictNet(TTModel):
     def get_loss(self, batch_data, criterion, device):
         x, y = batch_data
         return criterion(self(x), y)
+
+
+class _TupleDictNet(_LinearNet):
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
 
     def get_predictions(self, batch_data, device):
         x, y = batch_data
@@ -384,20 +392,8 @@ def test_returned_predictions_are_ordinary_tensors():
     assert torch.equal(y_pred[1:], (before - before.max(dim=1, keepdim=True).values)[1:])
 
 
-class _GradientSaliencyNet(TTModel):
+class _GradientSaliencyNet(_LinearNet):
     """A model whose predictions need autograd (gradients w.r.t. the inputs)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.linear = nn.Linear(8, 3)
-
-    def forward(self, x):
-        return self.linear(x)
-
-    def get_loss(self, batch_data, criterion, device):
-        x, y = batch_data
-        return criterion(self(x), y)
 
     def get_predictions(self, batch_data, device):
         x, y = batch_data
