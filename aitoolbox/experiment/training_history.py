@@ -1,7 +1,7 @@
 """The training history: metric name -> list of values, one per evaluation."""
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional, Union
+from typing import Dict, Iterator, List, Union
 
 
 class TrainingHistory:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import ddp_helpers as helpers
 from aitoolbox import MultiOptimizer, TrainLoop
+from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
 from aitoolbox.torchtrain.schedulers.basic import StepLRScheduler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -69,6 +70,22 @@ def _free_port():
         return sock.getsockname()[1]
 
 
+class RecordGcState(AbstractCallback):
+    """At the end of training every rank records what its garbage collector keeps frozen."""
+
+    def __init__(self, out_dir):
+        super().__init__("record gc state")
+        self.out_dir = out_dir
+
+    def on_train_end(self):
+        import gc
+        loop = self.train_loop_obj
+        collectable = {id(obj) for obj in gc.get_objects()}  # the frozen objects are not listed
+        helpers.save_rank_file(self.out_dir, "gc", loop, {
+            "freeze_count": gc.get_freeze_count(), "torch_frozen": id(torch) not in collectable,
+            "loop_collectable": id(loop) in collectable, "model_collectable": id(loop.model) in collectable})
+
+
 def _assert_history_close(history, ref_history, keys=("loss", "accumulated_loss", "val_loss")):
     for key in keys:
         assert history[key] == pytest.approx(ref_history[key], rel=1e-6, abs=1e-7), key
@@ -81,7 +98,8 @@ def test_parity_exact_evaluation_and_result_in_parent(ref, tmp_path, busy_defaul
     model = helpers.RegressionNet()
     loop = helpers.make_loop(model, batch_size=8, gpu_mode="ddp")
     returned = loop.fit(num_epochs=2, callbacks=[helpers.RecordEvaluation(str(tmp_path)),
-                                                 helpers.PinnedEvaluation(str(tmp_path))], **CPU_DDP)
+                                                 helpers.PinnedEvaluation(str(tmp_path)),
+                                                 RecordGcState(str(tmp_path))], **CPU_DDP)
 
     # The parent's model holds the weights of one process with the batch of both ranks.
     assert returned is model
@@ -106,6 +124,12 @@ def test_parity_exact_evaluation_and_result_in_parent(ref, tmp_path, busy_defaul
     for record in pinned:
         assert record["n"] == 101 and torch.equal(record["y_true"], ref_true)
     assert pinned[-1]["loss"] == pytest.approx(ref_loop.train_history["val_loss"][-1], rel=1e-6)
+
+    # A spawned rank freezes its imported modules (cheap garbage collections, fast exit), not the run.
+    for rank, state in enumerate(helpers.load_rank_files(str(tmp_path), "gc")):
+        assert state == {"freeze_count": state["freeze_count"], "torch_frozen": True,
+                         "loop_collectable": True, "model_collectable": True}, rank
+        assert state["freeze_count"] > 10_000, rank
 
     # After fit the parent evaluates on its own, with the trained weights.
     assert float(loop.evaluate_loss_on_validation_set()) == pytest.approx(ref_val_loss, rel=1e-6)

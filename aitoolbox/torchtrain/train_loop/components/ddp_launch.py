@@ -7,19 +7,24 @@ Sending them through a file rather than through the spawn arguments keeps tensor
 ``DataLoader`` holding a ``torch.Generator`` works with the default ``file_descriptor`` sharing
 strategy (which otherwise kills the children with "unable to resize file ... (22)").
 
+Each rank freezes what its imports created out of the garbage collector's reach (see
+:func:`_freeze_imported_modules`), joins the process group (on one node through a rendezvous store
+the parent hosts, see :func:`host_rendezvous_store`), then loads the payload.
 When training ends, local rank 0 of the node writes the TrainLoop's state (weights, optimizer,
 history, counters, callback state) atomically; the parent loads it into its own TrainLoop.
 A rank that fails ends the run: ``start_processes`` terminates the others and raises its error.
 """
 from __future__ import annotations
 
+import datetime
+import gc
 import logging
 import os
 import pickle
 import socket
 import tempfile
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -70,14 +75,38 @@ def spawn_fit(loop, train_args: dict, config: DDPConfig, data_load: list):
         payload_path = os.path.join(run_dir, "payload.pt")
         ddp_args["result_path"] = os.path.join(run_dir, "result.pt")
         save_payload(loop, {"train_args": train_args, "in_process_data_load": data_load}, payload_path)
+        store = host_rendezvous_store(config, ddp_args["env"])
+        ddp_args["parent_store"] = store is not None
         logger.info("gpu_mode='ddp': starting %d process(es) on node %d of %d (world size %d)",
                     config.num_gpus, config.node_rank, config.num_nodes, config.world_size)
-        mp.start_processes(rank_main, args=(payload_path, ddp_args), nprocs=config.num_gpus,
-                           join=True, start_method="spawn")
+        try:
+            mp.start_processes(rank_main, args=(payload_path, ddp_args), nprocs=config.num_gpus,
+                               join=True, start_method="spawn")
+        finally:
+            del store  # closes the rendezvous server
         loop.load_checkpoint(ddp_args["result_path"])
     loop.num_epochs, loop.num_iterations = train_args["num_epochs"], train_args["num_iterations"]
     loop.grad_accumulation = train_args["grad_accumulation"]
     return loop.model
+
+
+def host_rendezvous_store(config: DDPConfig, env: Dict[str, str]) -> Optional["dist.TCPStore"]:
+    """The ranks' rendezvous store, hosted by the parent on a one-node ``env://`` run (else None).
+
+    It is up before any rank starts. Without it rank 0 hosts the store when it reaches
+    ``init_process_group``, and a rank that gets there first (even by a few milliseconds) is
+    refused and retries after a back-off of 0.1-0.6 s, which every rank then waits for. It also
+    holds its port from the start: with no ``MASTER_PORT`` in the environment it binds a free one
+    and ``env["MASTER_PORT"]`` is set to it. Multi-node runs and ``tcp://`` / ``file://`` init
+    methods rendezvous as before.
+    """
+    if config.num_nodes != 1 or config.init_method != "env://":
+        return None
+    port = int(env["MASTER_PORT"]) if "MASTER_PORT" in os.environ else 0
+    store = dist.TCPStore(env["MASTER_ADDR"], port, is_master=True, wait_for_workers=False,
+                          timeout=datetime.timedelta(seconds=config.timeout))
+    env["MASTER_PORT"] = str(store.port)
+    return store
 
 
 def save_payload(loop, run_args: dict, path: str) -> None:
@@ -103,15 +132,25 @@ def save_payload(loop, run_args: dict, path: str) -> None:
 
 
 def rank_main(local_rank: int, payload_path: str, ddp_args: dict) -> None:
-    """Entry point of a spawned rank: load the TrainLoop, train, hand the result to the parent."""
-    # Our own file in a private temporary directory: full unpickling is safe and needed.
+    """Entry point of a spawned rank: join the process group, load the TrainLoop, train, hand back."""
     get_logger()  # the parent's logging set-up does not reach this process
-    payload = torch.load(payload_path, map_location="cpu", weights_only=False)
-    torch.manual_seed(payload["initial_seed"])  # also seeds this rank's CUDA generator
-    set_rng_state(payload["rng"])
-    _limit_cpu_threads(ddp_args["config"])
-    loop, train_args = payload["loop"], payload["train_args"]
+    _freeze_imported_modules()
+    config: DDPConfig = ddp_args["config"]
+    os.environ.update(ddp_args["env"])
+    _limit_cpu_threads(config)
     try:
+        rank_device(config, local_rank)
+        store = None
+        if ddp_args.get("parent_store"):  # see host_rendezvous_store
+            store = dist.TCPStore(ddp_args["env"]["MASTER_ADDR"], int(ddp_args["env"]["MASTER_PORT"]),
+                                  is_master=False, timeout=datetime.timedelta(seconds=config.timeout))
+        join_process_group(config, config.global_rank(local_rank), config.world_size, store)
+        del store  # the process group holds it
+        # Our own file in a private temporary directory: full unpickling is safe and needed.
+        payload = torch.load(payload_path, map_location="cpu", weights_only=False)
+        torch.manual_seed(payload["initial_seed"])  # also seeds this rank's CUDA generator
+        set_rng_state(payload["rng"])
+        loop, train_args = payload["loop"], payload["train_args"]
         loop._spawn_fit(local_rank, ddp_args, train_args["num_epochs"], train_args["num_iterations"],
                         train_args["callbacks"], train_args["grad_accumulation"], payload["in_process_data_load"])
         if local_rank == 0:
@@ -122,6 +161,55 @@ def rank_main(local_rank: int, payload_path: str, ddp_args: dict) -> None:
         if is_peer_failure(exc):
             time.sleep(PEER_FAILURE_DELAY_S)
         raise
+
+
+def rank_device(config: DDPConfig, local_rank: int) -> torch.device:
+    """The device of local rank ``local_rank`` (made the current CUDA device on a GPU run)."""
+    if not config.on_gpu:
+        return torch.device("cpu")
+    if local_rank >= torch.cuda.device_count():
+        raise RuntimeError(f"local rank {local_rank} has no GPU: only {torch.cuda.device_count()} visible.")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def join_process_group(config: DDPConfig, rank: int, world_size: int, store=None) -> bool:
+    """Initialise the default process group as rank ``rank``; False when it already is (checked).
+
+    ``store``: a rendezvous store to use instead of ``config.init_method``.
+
+    Raises:
+        RuntimeError: the initialised group has another rank or world size.
+    """
+    if dist.is_initialized():
+        if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
+            raise RuntimeError(f"The initialised process group is rank {dist.get_rank()} of "
+                               f"{dist.get_world_size()}, but the launcher says {rank} of {world_size}.")
+        return False
+    rendezvous = {"init_method": config.init_method} if store is None else {"store": store}
+    dist.init_process_group(config.backend, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=config.timeout), **rendezvous)
+    return True
+
+
+def _freeze_imported_modules() -> None:
+    """Move the objects of the imported modules out of the cyclic garbage collector's reach.
+
+    A spawned rank lives for one run, and its modules as long as it does. Frozen (``gc.freeze``),
+    they are skipped by the full garbage collections of the run (the one in
+    :meth:`~.DDPStrategy.shutdown` included) and of interpreter shut-down, which otherwise
+    traverse the ~285,000 objects of torch's modules (0.1-0.2 s each; the rank's exit took ~1 s).
+    ``DistributedDataParallel`` imports ``torch._dynamo`` in any case: it is imported here, to be
+    frozen too. Everything of the run is created after the freeze and stays collectable: the
+    process group above all, which must be released while the interpreter is alive (its gloo
+    threads otherwise abort the process at exit: "terminate called without an active exception").
+    Only processes this module starts do this: a rank started by torchrun is the user's process.
+    """
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:  # pylint: disable=broad-except  # a build without it (DDP then does without it too)
+        pass
+    gc.freeze()
 
 
 def is_peer_failure(exc: BaseException) -> bool:

@@ -124,6 +124,7 @@ class DDPStrategy(DeviceStrategy):
         config: DDPConfig = ddp_args["config"]
         os.environ.update(ddp_args["env"])
         self.setup_process(loop, config, config.global_rank(local_rank), config.world_size, local_rank)
+        self._owns_group = True  # the process is this run's: rank_main joined the group before loading the loop
         return self.run(loop, train_args, data_load)
 
     def run(self, loop, train_args: dict, data_load: list):
@@ -141,7 +142,7 @@ class DDPStrategy(DeviceStrategy):
     def setup_process(self, loop, config: DDPConfig, rank: int, world_size: int, local_rank: int) -> None:
         """Make this process rank ``rank``: process group, device, DDP model, rank-aware caches."""
         self.config, self.rank, self.world_size, self.local_rank = config, rank, world_size, local_rank
-        self.device = self._rank_device(config, local_rank)
+        self.device = ddp_launch.rank_device(config, local_rank)
         self._init_process_group(loop, config, rank, world_size)
         comm_device = self.device if config.backend == "nccl" else torch.device("cpu")
         flag_group = dist.new_group(backend="gloo") if config.backend != "gloo" else None
@@ -151,23 +152,9 @@ class DDPStrategy(DeviceStrategy):
         loop.prediction_store = RankConsistentStore(self)
         loop._eval_loaders = {}  # loaders prepared before this process became a rank
 
-    @staticmethod
-    def _rank_device(config: DDPConfig, local_rank: int) -> torch.device:
-        if not config.on_gpu:
-            return torch.device("cpu")
-        if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"local rank {local_rank} has no GPU: only {torch.cuda.device_count()} visible.")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-
     def _init_process_group(self, loop, config: DDPConfig, rank: int, world_size: int) -> None:
-        if dist.is_initialized():  # set up by the user's script (or by an earlier fit)
-            if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
-                raise RuntimeError(f"The initialised process group is rank {dist.get_rank()} of "
-                                   f"{dist.get_world_size()}, but the launcher says {rank} of {world_size}.")
-            return
-        dist.init_process_group(config.backend, init_method=config.init_method, rank=rank,
-                                world_size=world_size, timeout=datetime.timedelta(seconds=config.timeout))
+        if not ddp_launch.join_process_group(config, rank, world_size):
+            return  # set up by the user's script, an earlier fit or rank_main
         self._owns_group = True
         if launcher_env() is not None:
             atexit.register(self.shutdown, loop)
@@ -202,7 +189,9 @@ class DDPStrategy(DeviceStrategy):
                 loop.feed = ModelFeed(loop.module, loop.feed_def)
                 self.ddp_model = self.wrapped_module = self.feed = self._comm = None
                 dist.destroy_process_group()
-                gc.collect()  # the group's destructor joins its threads (without the GIL)
+                # The group's destructor joins its threads (without the GIL). In a spawned rank the
+                # imported modules are frozen (ddp_launch._freeze_imported_modules): this is cheap.
+                gc.collect()
         self._owns_group = False
 
     # ------------------------------------------------------------------ strategy interface
