@@ -84,10 +84,6 @@ def _train_comparisons(target_ratio: float, target_us: Optional[float], tiny: bo
     return out
 
 
-def _ddp_needs(repo_root: str, arm: str) -> Optional[str]:
-    return ddp.aitoolbox_ddp_missing(repo_root) if arm == "ddp:aitoolbox" else None
-
-
 def _cuda_comparisons() -> List[Comparison]:
     return [Comparison("AMP float16 time ratio", "cuda:aitoolbox_amp", "cuda:hand_amp", "ratio",
                        field="seconds"),
@@ -130,8 +126,7 @@ SCENARIOS = [
               Comparison("start-up (launch to first step)", "ddp:hand", None, "value",
                          field="startup_seconds", unit="s"),
               Comparison("start-up (launch to first step)", "ddp:aitoolbox", None, "value",
-                         field="startup_seconds", unit="s")],
-             needs=_ddp_needs),
+                         field="startup_seconds", unit="s")]),
     Scenario("import", "6. import aitoolbox against import torch (fresh interpreters)", imports.params,
              ["imports:torch", "imports:aitoolbox"],
              [Comparison("import time minus import torch", "imports:aitoolbox", "imports:torch", "delta",

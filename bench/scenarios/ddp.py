@@ -13,7 +13,6 @@ import time
 from bench import common
 
 BASE = dict(sizes=[32, 64, 10], batch_size=32, steps=1_000, world_size=2)
-STRATEGY_FILE = os.path.join("aitoolbox", "torchtrain", "train_loop", "components", "ddp_strategy.py")
 
 
 def params(quick: bool) -> dict:
@@ -22,14 +21,6 @@ def params(quick: bool) -> dict:
     if quick:
         out.update(steps=20)
     return out
-
-
-def aitoolbox_ddp_missing(repo_root: str):
-    """A note when ``gpu_mode='ddp'`` is not in this checkout yet, else None."""
-    if os.path.exists(os.path.join(repo_root, STRATEGY_FILE)):
-        return None
-    return (f"{STRATEGY_FILE} does not exist in this checkout: gpu_mode='ddp' is being built on "
-            "another branch; this arm runs once it is merged.")
 
 
 def train_data(p: dict):
