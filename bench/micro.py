@@ -28,13 +28,19 @@ def _loop(model, batches, opt, crit, num_epochs: int) -> None:
               show_progress=False).fit(num_epochs=num_epochs)
 
 
-def measure(rounds: int = 40, steps: int = 500, sizes=(2, 2), batch_size: int = 4) -> dict:
-    """Alternate hand / TrainLoop runs of ``steps`` batches ``rounds`` times; µs per step."""
+def measure(rounds: int = 40, steps: int = 500, sizes=(2, 2), batch_size: int = 4,
+            loader: bool = False) -> dict:
+    """Alternate hand / TrainLoop runs of ``steps`` batches ``rounds`` times; µs per step.
+
+    ``loader``: read the batches through a shuffled DataLoader (as scenario 1 does) instead of a list.
+    """
     import torch
     common.limit_threads()
     data = common.dataset(steps * batch_size, sizes[0], sizes[-1])
     batches = [(data.tensors[0][i:i + batch_size], data.tensors[1][i:i + batch_size])
                for i in range(0, steps * batch_size, batch_size)]
+    if loader:
+        batches = common.loader(data, batch_size, shuffle=True)
     crit = torch.nn.CrossEntropyLoss()
     diffs, hand_steps = [], []
     for rnd in range(rounds + 2):  # two warm-up rounds
@@ -60,9 +66,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--sizes", default="2,2", help="layer sizes of the MLP, e.g. 32,64,10")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--loader", action="store_true", help="batches from a shuffled DataLoader")
     args = parser.parse_args()
     sizes = tuple(int(n) for n in args.sizes.split(","))
-    print(json.dumps(measure(args.rounds, args.steps, sizes, args.batch_size), indent=1))
+    print(json.dumps(measure(args.rounds, args.steps, sizes, args.batch_size, args.loader), indent=1))
 
 
 if __name__ == "__main__":

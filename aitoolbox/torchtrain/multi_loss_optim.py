@@ -57,7 +57,7 @@ class MultiLoss(dict):
 
         Args:
             optimizer_idx: which optimizer's losses to back-propagate.
-            backward_fn: ``fn(loss, retain_graph)`` doing the backward pass (the AMP handler's);
+            backward_fn: ``fn(loss, retain_graph=...)`` doing the backward pass (the AMP handler's);
                 defaults to ``loss.backward(retain_graph=...)``.
         """
         # Losses are back-propagated optimizer by optimizer: the last one frees the graph.
@@ -68,7 +68,7 @@ class MultiLoss(dict):
             if backward_fn is None:
                 self[name].backward(retain_graph=retain)
             else:
-                backward_fn(self[name], retain)
+                backward_fn(self[name], retain_graph=retain)
 
     def map_values(self, fn) -> "MultiLoss":
         """A new MultiLoss with ``fn`` applied to every loss and the same optimizer map."""

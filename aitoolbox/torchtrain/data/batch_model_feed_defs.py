@@ -59,10 +59,13 @@ class BasicModelFeedDefinition(AbstractModelFeedDefinition):
     """Feed for batches shaped ``(*inputs, target)``: ``criterion(model(*inputs), target)``."""
 
     def get_loss(self, model, batch_data, criterion, device):
-        *inputs, target = batch_data
-        # move_to_device inlined for tensors already on the device (the common case per batch)
-        output = model(*[x if isinstance(x, torch.Tensor) and x.device == device
-                         else move_to_device(x, device) for x in inputs])
+        if len(batch_data) == 2:  # (input, target): the common case, without a list per batch
+            x, target = batch_data
+            output = model(x if isinstance(x, torch.Tensor) and x.device == device
+                           else move_to_device(x, device))
+        else:
+            *inputs, target = batch_data
+            output = model(*[move_to_device(x, device) for x in inputs])
         return criterion(output, target if target.device == device else target.to(device))
 
     def get_predictions(self, model, batch_data, device):

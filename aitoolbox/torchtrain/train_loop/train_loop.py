@@ -224,19 +224,18 @@ class TrainLoop:
         hooks = self.callbacks_handler.subscribers
         for hook in hooks["on_batch_begin"]:
             hook()
-        stepping = self.should_execute_optimizer_update()
-        if stepping:
-            loss_batch = self._forward_backward(batch_data)
-        else:  # an accumulation micro-batch: DDP skips the gradient all-reduce
-            with self.strategy.no_sync():
+        if not self.should_execute_optimizer_update():
+            with self.strategy.no_sync():  # an accumulation micro-batch: DDP skips the all-reduce
                 loss_batch = self._forward_backward(batch_data)
-        if stepping:
+        else:
+            loss_batch = self._forward_backward(batch_data)
             for optimizer_idx in self._optimizer_indices:
                 for hook in hooks["on_after_gradient_update"]:
                     hook(optimizer_idx)
                 self._optimizer_step(optimizer_idx)
                 self._optimizer_zero_grad(optimizer_idx)
-            self.amp_handler.update()
+            if self.amp_handler.scaler is not None:  # a loss scale to update (CUDA AMP)
+                self.amp_handler.update()
             self.num_optimizer_steps += 1
             self.weights_version += 1
             for hook in hooks["on_after_optimizer_step"]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import operator
 from typing import ContextManager, Optional, Union
 
 import torch
@@ -56,6 +57,10 @@ class AmpHandler:
             if self.enabled and self.device_type == "cuda" else None)
         self._unscaled = set()
         self.step_skipped = False  # did the last update find inf/NaN gradients and skip the step
+        if self.scaler is None:
+            # Nothing to scale: step is the optimizer's own call, bound once, so that the
+            # per-batch path runs no frame of ours in between (same signature as the method).
+            self.step = operator.methodcaller("step")
 
     def autocast(self) -> ContextManager:
         """The autocast context for the forward pass and the loss (a no-op when AMP is off)."""

@@ -346,7 +346,7 @@ class JointBackwardMultiLoss(MultiLoss):
         if backward_fn is None:
             total.backward()
         else:
-            backward_fn(total, False)
+            backward_fn(total, retain_graph=False)
 
     def map_values(self, fn) -> "JointBackwardMultiLoss":
         return JointBackwardMultiLoss({k: fn(v) for k, v in self.items()}, self.loss_optimizer_map,
