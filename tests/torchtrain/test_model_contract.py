@@ -66,3 +66,37 @@ def test_fit_returns_the_model_given():
     assert loop.fit(num_epochs=1) is model
     assert loop(num_epochs=2) is model  # __call__; num_epochs is the total to reach
     assert loop.epoch == 2
+
+
+class TwoInputNet(nn.Module):
+    """``forward(a, parts)``: a tensor and a dict of tensors (fed from ``(a, parts, y)`` batches)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.net = nn.Linear(6, 3)
+
+    def forward(self, a, parts):
+        return self.net(torch.cat([a, parts["b"]], dim=1))
+
+
+def test_plain_module_with_several_and_nested_inputs_matches_a_hand_loop():
+    gen = torch.Generator().manual_seed(0)
+    a, b, y = torch.randn(24, 4, generator=gen), torch.randn(24, 2, generator=gen), torch.randint(0, 3, (24,))
+    batches = [(a[i:i + 8], {"b": b[i:i + 8]}, y[i:i + 8]) for i in range(0, 24, 8)]
+
+    model = TwoInputNet()
+    loop = TrainLoop(model, batches, None, None, torch.optim.SGD(model.parameters(), lr=0.1),
+                     nn.CrossEntropyLoss(), end_auto_eval=False, show_progress=False)
+    loop.fit(num_epochs=2)
+
+    ref = TwoInputNet()
+    opt, crit = torch.optim.SGD(ref.parameters(), lr=0.1), nn.CrossEntropyLoss()
+    for _ in range(2):
+        for batch_a, parts, batch_y in batches:
+            opt.zero_grad()
+            crit(ref(batch_a, parts), batch_y).backward()
+            opt.step()
+    assert_same_weights(ref, model)
+    y_pred, y_true, _ = loop.predict_with_model(batches)
+    assert torch.equal(y_true, y) and torch.allclose(y_pred, ref(a, {"b": b}).detach(), atol=1e-6)
