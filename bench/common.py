@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 SEED = 1234
 
@@ -134,15 +134,14 @@ def reset_rss_peak() -> bool:
         return False
 
 
-def child_env(repo_root: str) -> dict:
+def child_env(repo_root: str, extra: Optional[dict] = None) -> dict:
     """Environment of every measured process: one thread, the repository first on the path.
 
-    ``MALLOC_MMAP_THRESHOLD_`` pins glibc's mmap threshold so that every buffer above 64 KiB is a
-    mapping of its own and is returned to the OS when freed: the RSS high-water mark then follows
-    the peak of live tensor memory instead of whatever the heap kept from earlier allocations.
+    ``extra``: variables of one scenario, e.g. the prediction scenario's
+    ``MALLOC_MMAP_THRESHOLD_`` (see ``bench/scenarios/predict.py``).
     """
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536",
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH")) if p),
-               PYTHONDONTWRITEBYTECODE="1")
+               PYTHONDONTWRITEBYTECODE="1", **(extra or {}))
     return env

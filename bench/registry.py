@@ -57,6 +57,7 @@ class Scenario:
         needs: ``(repo_root, arm) -> note`` when an arm cannot run here, else None.
         cuda_only: skip the whole scenario without a CUDA device.
         repeat_factor: runs ``factor`` times the requested repeats (cheap, noisy scenarios).
+        env: environment variables of this scenario's processes.
     """
 
     key: str
@@ -68,6 +69,7 @@ class Scenario:
     needs: Optional[Callable[[str, str], Optional[str]]] = None
     cuda_only: bool = False
     repeat_factor: int = 1
+    env: dict = field(default_factory=dict)
 
 
 def _train_comparisons(target_ratio: float, target_us: Optional[float], tiny: bool) -> List[Comparison]:
@@ -115,7 +117,8 @@ SCENARIOS = [
               Comparison("peak extra memory (copies of the outputs)", "predict:hand", None, "value",
                          field="extra_copies", unit="copies"),
               Comparison("cached second call", "predict:aitoolbox", None, "value",
-                         field="cached_seconds", unit="ms", target=("<", 1.0), scale=1e3)]),
+                         field="cached_seconds", unit="ms", target=("<", 1.0), scale=1e3)],
+             env=predict.ENV),
     Scenario("ddp", "5. DDP on CPU, gloo, 2 processes, 1,000 steps per rank", ddp.params,
              ["ddp:hand", "ddp:aitoolbox"],
              [Comparison("wall time ratio (whole program)", "ddp:aitoolbox", "ddp:hand", "ratio",

@@ -55,14 +55,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-def run_child(arm: str, params: dict) -> dict:
+def run_child(arm: str, params: dict, extra_env: Optional[dict] = None) -> dict:
     """Run one arm in a fresh process; its result, plus ``wall_s`` of the whole process.
 
     Raises:
         RuntimeError: the process failed or printed no result (with the end of its output).
     """
     module, name = arm.split(":")
-    env = common.child_env(REPO)
+    env = common.child_env(REPO, extra_env)
     env["BENCH_LAUNCH_TIME"] = repr(time.time())
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "bench.child", module, name, json.dumps(params)],
@@ -109,7 +109,7 @@ def run_scenario(sc: Scenario, args) -> dict:
     errors = {}
     for rep in range(repeats):
         for arm in runs:
-            runs[arm].append(_run_logged(arm, params, rep, repeats, errors))
+            runs[arm].append(_run_logged(arm, params, rep, repeats, errors, sc.env))
     out["run"]["loadavg_end"] = os.getloadavg()
     out.update(arms=runs, not_run={a: why for a, why in arms.items() if why}, errors=errors,
                noise=report.noise(runs[sc.arms[0]]) if sc.arms[0] in runs else {})
@@ -117,9 +117,10 @@ def run_scenario(sc: Scenario, args) -> dict:
     return out
 
 
-def _run_logged(arm: str, params: dict, rep: int, repeats: int, errors: dict) -> Optional[dict]:
+def _run_logged(arm: str, params: dict, rep: int, repeats: int, errors: dict,
+                extra_env: Optional[dict] = None) -> Optional[dict]:
     try:
-        result = run_child(arm, params)
+        result = run_child(arm, params, extra_env)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         errors.setdefault(arm, str(exc))
         print(f"  [{rep + 1}/{repeats}] {arm}: FAILED ({str(exc).splitlines()[0]})", flush=True)
