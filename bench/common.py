@@ -6,10 +6,11 @@ the import scenario can time a clean ``import torch``.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 SEED = 1234
 
@@ -145,3 +146,29 @@ def child_env(repo_root: str, extra: Optional[dict] = None) -> dict:
                PYTHONPATH=os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH")) if p),
                PYTHONDONTWRITEBYTECODE="1", **(extra or {}))
     return env
+
+
+def paired(build: Callable[[], tuple], hand: Callable, arm: Callable, warm: Callable[[], None],
+           imports: Sequence[str] = ()) -> dict:
+    """Time ``arm(*build())`` bracketed by two ``hand(*build())`` runs in this process: H X H.
+
+    The hand-written runs in the same process are the arm's own baseline, so that differences
+    between processes (placement, caches, neighbours' load) cancel; their mean also cancels a
+    linear drift within the process. ``warm()`` runs first, untimed, to take the one-time costs
+    (heap growth, first allocations) off the first timed run. ``imports`` are imported before any
+    timing (import time is scenario 6, not a per-step cost). ``build()[0]`` is the model.
+    """
+    for name in imports:
+        importlib.import_module(name)
+    warm()
+    timers, models = [], []
+    for fn in (hand, arm, hand):
+        built = build()
+        with Timer() as timer:
+            fn(*built)
+        timers.append(timer)
+        models.append(built[0])
+    return {**timers[1].times(),
+            "hand_cpu_seconds": (timers[0].cpu_seconds + timers[2].cpu_seconds) / 2,
+            "hand_seconds": (timers[0].seconds + timers[2].seconds) / 2,
+            "checksum": checksum(models[1]), "hand_checksum": checksum(models[0])}

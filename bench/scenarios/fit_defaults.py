@@ -3,7 +3,9 @@
 ``TrainLoop``'s defaults evaluate the loss on the training and the validation set after every
 epoch (``end_auto_eval=True``) and show a progress bar. The fair reference is therefore the
 hand-written loop followed, every epoch, by one plain ``torch.inference_mode()`` forward pass over
-each evaluated set. The ``*_eval`` arms time that evaluation alone, on the same data.
+each evaluated set. Like scenarios 1-2, each process runs that reference, the arm, and the
+reference again, and the arm is compared with the mean of its brackets (``hand`` against itself
+is the noise floor). The ``*_eval`` arms time the evaluation alone, on the same data.
 """
 from __future__ import annotations
 
@@ -20,11 +22,9 @@ def params(quick: bool) -> dict:
     return out
 
 
-def setup(p: dict):
-    """``(model, train_loader, val_loader, optimizer, criterion)`` after a warm-up."""
+def build(p: dict):
+    """``(model, train_loader, val_loader, optimizer, criterion)``: identical on every call."""
     import torch
-    common.limit_threads()
-    common.warm_up(p["sizes"], p["batch_size"])
     model = common.mlp(p["sizes"])
     n_in, n_out = p["sizes"][0], p["sizes"][-1]
     train = common.loader(common.dataset(p["num_train"], n_in, n_out), p["batch_size"], shuffle=True)
@@ -33,27 +33,41 @@ def setup(p: dict):
     return model, train, val, common.sgd(model), torch.nn.CrossEntropyLoss()
 
 
-def arm_hand(p: dict) -> dict:
+def setup(p: dict):
+    """:func:`build` after limiting threads and a warm-up."""
+    common.limit_threads()
+    common.warm_up(p["sizes"], p["batch_size"])
+    return build(p)
+
+
+def hand_fit(model, train, val, opt, crit, p: dict) -> None:
     """Hand-written training plus, per epoch, one inference-mode pass over train and validation."""
-    model, train, val, opt, crit = setup(p)
-    history = []
-    with common.Timer() as timer:
-        for _ in range(p["num_epochs"]):
-            common.hand_train(model, train, opt, crit, 1)
-            history.append((common.hand_eval_loss(model, train, crit),
-                            common.hand_eval_loss(model, val, crit)))
-    return {**timer.times(), "checksum": common.checksum(model), "history": history}
+    for _ in range(p["num_epochs"]):
+        common.hand_train(model, train, opt, crit, 1)
+        common.hand_eval_loss(model, train, crit)
+        common.hand_eval_loss(model, val, crit)
+
+
+def aitoolbox_fit(model, train, val, opt, crit, p: dict) -> None:
+    """``TrainLoop`` with every default: end-of-epoch evaluation and the progress bar on."""
+    from aitoolbox import TrainLoop
+    TrainLoop(model, train, val, None, opt, crit).fit(num_epochs=p["num_epochs"])
+
+
+def _paired(p: dict, run, imports=()) -> dict:
+    """``run`` bracketed by two :func:`hand_fit` runs in one process (:func:`bench.common.paired`)."""
+    return common.paired(lambda: build(p), lambda *b: hand_fit(*b, p), lambda *b: run(*b, p),
+                         lambda: hand_fit(*setup(p), {**p, "num_epochs": 1}), imports)
+
+
+def arm_hand(p: dict) -> dict:
+    """The hand-written fit against itself: the noise floor of the paired measurement."""
+    return _paired(p, hand_fit)
 
 
 def arm_aitoolbox(p: dict) -> dict:
-    """``TrainLoop`` with every default: end-of-epoch evaluation and the progress bar on."""
-    from aitoolbox import TrainLoop
-    model, train, val, opt, crit = setup(p)
-    with common.Timer() as timer:
-        loop = TrainLoop(model, train, val, None, opt, crit)
-        loop.fit(num_epochs=p["num_epochs"])
-    history = list(zip(loop.train_history["loss"], loop.train_history["val_loss"]))
-    return {**timer.times(), "checksum": common.checksum(model), "history": history}
+    """``TrainLoop``'s default fit against the hand-written fit + evaluation passes."""
+    return _paired(p, aitoolbox_fit, ["aitoolbox"])
 
 
 def arm_hand_eval(p: dict) -> dict:

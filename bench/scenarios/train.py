@@ -4,12 +4,11 @@ The framework arms train with evaluation and the progress bar off (scenario 3 me
 defaults), so the difference to the hand-written loop is the loop's own per-step overhead.
 Timing covers everything a user pays after the model and the data exist: building the
 framework's objects and ``fit``. Each process runs the hand-written loop, then the arm, then the
-hand-written loop again (see :func:`paired`); the arm is compared with the mean of its two
-bracketing hand-written runs.
+hand-written loop again (see :func:`bench.common.paired`); the arm is compared with the mean of
+its two bracketing hand-written runs.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Sequence
 
 from bench import common
@@ -49,30 +48,14 @@ def hand_run(model, train_loader, opt, crit, p: dict) -> None:
 
 
 def paired(p: dict, run, imports: Sequence[str] = ()) -> dict:
-    """Time ``run(model, loader, opt, crit, p)`` bracketed by two hand-written runs: H X H.
+    """Time ``run(model, loader, opt, crit, p)`` bracketed by two hand-written runs: H X H
+    (:func:`bench.common.paired`), after an untimed hand-written epoch."""
+    def warm():
+        setup(p)
+        hand_run(*build(p), {**p, "num_epochs": 1})
 
-    The hand-written runs in the same process are the arm's own baseline, so that differences
-    between processes (placement, caches, neighbours' load) cancel; their mean also cancels a
-    linear drift within the process. An untimed hand-written epoch first takes the one-time costs
-    (heap growth, first allocations) off the first timed run. ``imports`` are imported before any timing (import time is
-    scenario 6, not a per-step cost).
-    """
-    for name in imports:
-        importlib.import_module(name)
-    setup(p)
-    hand_run(*build(p), {**p, "num_epochs": 1})  # untimed: the first full run pays one-time costs
-    timers, models = [], []
-    for fn in (hand_run, run, hand_run):
-        built = build(p)
-        with common.Timer() as timer:
-            fn(*built, p)
-        timers.append(timer)
-        models.append(built[0])
-    hand_cpu = (timers[0].cpu_seconds + timers[2].cpu_seconds) / 2
-    hand_wall = (timers[0].seconds + timers[2].seconds) / 2
-    return {**timers[1].times(), "hand_cpu_seconds": hand_cpu, "hand_seconds": hand_wall,
-            "steps": p["steps"], "checksum": common.checksum(models[1]),
-            "hand_checksum": common.checksum(models[0])}
+    out = common.paired(lambda: build(p), lambda *b: hand_run(*b, p), lambda *b: run(*b, p), warm, imports)
+    return {**out, "steps": p["steps"]}
 
 
 def aitoolbox_run(model, train_loader, opt, crit, p: dict) -> None:
