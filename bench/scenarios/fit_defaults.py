@@ -70,20 +70,30 @@ def arm_aitoolbox(p: dict) -> dict:
     return _paired(p, aitoolbox_fit, ["aitoolbox"])
 
 
-def arm_hand_eval(p: dict) -> dict:
+def hand_eval(model, train, val, opt, crit) -> None:
     """Only the evaluation: one inference-mode pass over the training and the validation set."""
-    model, train, val, _, crit = setup(p)
-    with common.Timer() as timer:
-        losses = (common.hand_eval_loss(model, train, crit), common.hand_eval_loss(model, val, crit))
-    return {**timer.times(), "losses": losses}
+    common.hand_eval_loss(model, train, crit)
+    common.hand_eval_loss(model, val, crit)
+
+
+def aitoolbox_eval(model, train, val, opt, crit) -> None:
+    """Only the evaluation, as ``auto_execute_end_of_epoch`` runs it (uncached)."""
+    from aitoolbox import TrainLoop
+    loop = TrainLoop(model, train, val, None, opt, crit)
+    loop.evaluate_loss_on_train_set(force_prediction=True)
+    loop.evaluate_loss_on_validation_set(force_prediction=True)
+
+
+def _paired_eval(p: dict, run, imports=()) -> dict:
+    """``run`` bracketed by two :func:`hand_eval` runs in one process."""
+    return common.paired(lambda: build(p), hand_eval, run, lambda: hand_eval(*setup(p)), imports)
+
+
+def arm_hand_eval(p: dict) -> dict:
+    """The evaluation passes against themselves: the noise floor."""
+    return _paired_eval(p, hand_eval)
 
 
 def arm_aitoolbox_eval(p: dict) -> dict:
-    """Only the evaluation, as ``auto_execute_end_of_epoch`` runs it (uncached)."""
-    from aitoolbox import TrainLoop
-    model, train, val, opt, crit = setup(p)
-    loop = TrainLoop(model, train, val, None, opt, crit)
-    with common.Timer() as timer:
-        losses = (float(loop.evaluate_loss_on_train_set(force_prediction=True)),
-                  float(loop.evaluate_loss_on_validation_set(force_prediction=True)))
-    return {**timer.times(), "losses": losses}
+    """``TrainLoop``'s end-of-epoch evaluation against plain inference-mode passes."""
+    return _paired_eval(p, aitoolbox_eval, ["aitoolbox"])
