@@ -74,7 +74,7 @@ class CallbacksHandler:
                 cb.on_train_loop_registration()
         self.registered_callbacks.sort(key=lambda c: c.execution_order)
         self.subscribers = {hook: [self._hook_function(cb, hook) for cb in self.registered_callbacks
-                                    if hook in cb.implemented_hooks()] for hook in HOOKS}
+                                   if hook in cb.implemented_hooks()] for hook in HOOKS}
 
     def _hook_function(self, cb, hook: str) -> Callable:
         """``cb``'s bound hook; in a multi-process run a rank-pinned callback's hook runs in the
