@@ -196,8 +196,8 @@ class TrainLoop:
         """One epoch (or what is left of it): batches, then the end-of-epoch work."""
         batches = self._open_epoch()
         loader_exhausted = True
-        with self._progress_bar() as progress:
-            shown = progress.disable is False
+        shown = self.show_progress and self.is_main_process()
+        with self._progress_bar() if shown else contextlib.nullcontext() as progress:
             for batch_data in batches:
                 # Holding the batch loss until the next one is computed, like a plain loop's `loss`
                 # variable, keeps its graph's gradient accumulators: torch reuses them next step.
@@ -397,9 +397,6 @@ class TrainLoop:
         return (epoch + 1) % self.end_auto_eval == 0
 
     def _progress_bar(self):
-        enabled = self.show_progress and self.is_main_process()
-        if not enabled:
-            return _NoProgress()
         return tqdm(total=self._epoch_len, initial=self.iteration, desc=f"Epoch {self.epoch + 1}",
                     leave=False, dynamic_ncols=True)
 
@@ -685,18 +682,6 @@ class TrainLoop:
         train_args = dict(num_epochs=num_epochs, num_iterations=num_iterations, callbacks=list(callbacks or []),
                           grad_accumulation=grad_accumulation)
         return self.strategy.spawn_fit(self, gpu, ddp_args, train_args, list(in_process_data_load or []))
-
-
-class _NoProgress:
-    """Stand-in for a disabled progress bar (no tqdm object at all on the hot path)."""
-
-    disable = True
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _to_cpu(value):
