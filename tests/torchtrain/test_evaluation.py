@@ -39,7 +39,7 @@ def test_predictions_in_dataset_order_even_from_a_shuffled_drop_last_loader():
     assert torch.equal(y_true, torch.arange(23) % 3)
     model.eval()
     with torch.no_grad():
-        assert torch.allclose(y_pred, model(x))
+        assert torch.allclose(y_pred, model(x), rtol=1e-5, atol=1e-6)  # batched vs whole-set matmul rounding
 
 
 def test_evaluation_does_not_draw_from_training_rng():
