@@ -122,8 +122,7 @@ class TrainLoop:
         self._user_optimizer_step = _overrides(optimizer, MultiOptimizer, "step")
         self._user_zero_grad = _overrides(optimizer, MultiOptimizer, "zero_grad")
 
-        self.train_history = TrainingHistory(has_validation=validation_loader is not None,
-                                             has_test=test_loader is not None)
+        self.train_history = TrainingHistory(has_validation=validation_loader is not None)
         self.callbacks_handler = CallbacksHandler(self)
         self.message_service = MessageService()
         self.prediction_store = PredictionStore()
