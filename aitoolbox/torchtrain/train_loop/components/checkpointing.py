@@ -272,6 +272,8 @@ def safe_torch_load(path: str, map_location=None, shown_path: Optional[str] = No
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"{shown_path!r} is not a file written by torch.save ({error}).") from error
         lines = [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
         raise ValueError(
             f"{shown_path!r} holds objects that torch.load(weights_only=True) refuses to unpickle"
