@@ -168,3 +168,25 @@ def test_abstract_dataset_fetcher_is_abstract():
             return dataset_name
 
     assert Fetcher().fetch_dataset("x") == "x"
+
+
+def test_original_checkpoint_in_the_bucket_continues_training(s3_bucket, tmp_path):
+    from aitoolbox.torchtrain.callbacks.model_load import ModelLoadContinueTraining
+    from aitoolbox.torchtrain.train_loop import TrainLoop
+    from tests.tracking.helpers import loop_args
+
+    trained = TrainLoop(*loop_args(seed=1), show_progress=False)
+    trained.fit(num_epochs=1)
+    state = {"model_state_dict": trained.model.state_dict(), "optimizer_state_dict": trained.optimizer.state_dict(),
+             "schedulers_state_dict": [], "epoch": 0, "iteration_idx": 5, "hyperparams": {}}
+    PyTorchS3ModelSaver(bucket_name=s3_bucket, local_model_result_folder_path=tmp_path / "trainer",
+                        checkpoint_model=True).save_model(state, "proj", "exp", TS, epoch=0)
+    resumed = TrainLoop(*loop_args(seed=9), show_progress=False)
+    load = ModelLoadContinueTraining(TS, epoch_num=0, project_name="proj", experiment_name="exp",
+                                     local_model_result_folder_path=tmp_path / "here", cloud_save_mode="s3",
+                                     bucket_name=s3_bucket)
+    resumed.fit(num_epochs=1, callbacks=[load])  # at 1 epoch already: loads, trains nothing
+    assert load.loaded_path == f"s3://{s3_bucket}/proj/exp_{TS}/checkpoint_model/model_exp_{TS}_E0.pth"
+    assert resumed.epoch == 1 and resumed.total_iteration_idx == 6
+    for mine, theirs in zip(resumed.model.parameters(), trained.model.parameters()):
+        assert torch.equal(mine, theirs)
