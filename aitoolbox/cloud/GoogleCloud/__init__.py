@@ -4,6 +4,7 @@ google-cloud-storage (the ``gcs`` extra) is imported lazily, so importing this p
 require or load it.
 """
 from aitoolbox.cloud.GoogleCloud.gcs import (
+    GCSUploader,
     check_bucket_exists,
     delete_key,
     download_file,
@@ -15,6 +16,7 @@ from aitoolbox.cloud.GoogleCloud.gcs import (
 )
 
 __all__ = [
+    "GCSUploader",
     "check_bucket_exists",
     "delete_key",
     "download_file",

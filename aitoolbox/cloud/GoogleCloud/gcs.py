@@ -16,12 +16,15 @@ import tempfile
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
+from aitoolbox.cloud.uploader import CloudUploader
+
 GCS_SCHEME = "gs://"
 EMULATOR_ENV_VAR = "STORAGE_EMULATOR_HOST"
 #: Project used with an emulator when ``GOOGLE_CLOUD_PROJECT`` is not set.
 EMULATOR_PROJECT = "aitoolbox-emulator"
 #: Seconds one HTTP request may take (connect, read) before it fails.
 DEFAULT_TIMEOUT = 60.0
+_LIBRARY_DEFAULT = object()
 
 _CLIENT_ENV_VARS = (
     EMULATOR_ENV_VAR, "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT", "GOOGLE_APPLICATION_CREDENTIALS",
@@ -97,6 +100,16 @@ def is_gcs_uri(path: Any) -> bool:
     return True
 
 
+#: The names every storage backend module offers (see :mod:`aitoolbox.cloud.backends`).
+parse_uri = parse_gcs_uri
+is_uri = is_gcs_uri
+
+
+def _retry_kwargs(retry: Any) -> Dict[str, Any]:
+    """``retry=...`` for a google-cloud-storage call; ``_LIBRARY_DEFAULT`` keeps the library's own."""
+    return {} if retry is _LIBRARY_DEFAULT else {"retry": retry}
+
+
 def emulator_host() -> Optional[str]:
     """The emulator endpoint from ``STORAGE_EMULATOR_HOST``, or None for the real service."""
     return os.environ.get(EMULATOR_ENV_VAR) or None
@@ -157,6 +170,19 @@ def _bucket_error_reason(error: Exception) -> str:
     return f"Google Cloud Storage could not be reached ({type(error).__name__}: {error})"
 
 
+def _client_for_check(bucket_name: str) -> Any:
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        return get_gcs_client()
+    except DefaultCredentialsError as error:
+        raise ValueError(
+            f"Google Cloud Storage bucket '{bucket_name}' is not usable: no Google credentials were "
+            f"found. Run 'gcloud auth application-default login', set GOOGLE_APPLICATION_CREDENTIALS "
+            f"to a service account key file, or set {EMULATOR_ENV_VAR} to use an emulator."
+        ) from error
+
+
 def check_bucket_exists(bucket_name: str, *, gcs_client: Any = None) -> None:
     """Make sure a bucket exists and is accessible with the current credentials.
 
@@ -166,10 +192,10 @@ def check_bucket_exists(bucket_name: str, *, gcs_client: Any = None) -> None:
 
     Raises:
         ImportError: If ``google-cloud-storage`` is not installed.
-        ValueError: If the bucket does not exist, is not accessible, or the service cannot
-            be reached. The message names the bucket and how to fix the problem.
+        ValueError: If no credentials are configured, or the bucket does not exist, is not
+            accessible, or the service cannot be reached. The message names the bucket and how to fix the problem.
     """
-    client = gcs_client or get_gcs_client()
+    client = gcs_client or _client_for_check(bucket_name)
     try:
         client.get_bucket(bucket_name, timeout=DEFAULT_TIMEOUT)
     except Exception as error:  # google.api_core errors, transport errors, bad credentials
@@ -183,7 +209,7 @@ def check_bucket_exists(bucket_name: str, *, gcs_client: Any = None) -> None:
 
 
 def upload_file(local_path: str, bucket: str, key: str, *, gcs_client: Any = None,
-                timeout: float = DEFAULT_TIMEOUT) -> None:
+                timeout: float = DEFAULT_TIMEOUT, retry: Any = _LIBRARY_DEFAULT) -> None:
     """Upload a local file to Google Cloud Storage (resumable upload for large files).
 
     Args:
@@ -192,6 +218,8 @@ def upload_file(local_path: str, bucket: str, key: str, *, gcs_client: Any = Non
         key: Destination object name.
         gcs_client: Client to use; defaults to :func:`get_gcs_client`.
         timeout: Seconds one HTTP request may take.
+        retry: A ``google.api_core.retry.Retry`` or None (no retries); the library's
+            default policy when not given.
 
     Raises:
         FileNotFoundError: If ``local_path`` does not exist.
@@ -199,7 +227,7 @@ def upload_file(local_path: str, bucket: str, key: str, *, gcs_client: Any = Non
     """
     client = gcs_client or get_gcs_client()
     blob = client.bucket(bucket).blob(key)
-    blob.upload_from_filename(os.fspath(local_path), timeout=timeout)
+    blob.upload_from_filename(os.fspath(local_path), timeout=timeout, **_retry_kwargs(retry))
 
 
 def download_file(bucket: str, key: str, local_path: str, *, gcs_client: Any = None,
@@ -262,13 +290,14 @@ def list_keys(bucket: str, prefix: str = "", *, gcs_client: Any = None) -> List[
                                                           timeout=DEFAULT_TIMEOUT))
 
 
-def delete_key(bucket: str, key: str, *, gcs_client: Any = None) -> None:
+def delete_key(bucket: str, key: str, *, gcs_client: Any = None, retry: Any = _LIBRARY_DEFAULT) -> None:
     """Delete one object; deleting an object that does not exist is not an error.
 
     Args:
         bucket: Bucket holding the object.
         key: Name of the object to delete.
         gcs_client: Client to use; defaults to :func:`get_gcs_client`.
+        retry: As in :func:`upload_file`.
 
     Raises:
         google.api_core.exceptions.GoogleAPIError: If the bucket is missing or not writable.
@@ -278,8 +307,59 @@ def delete_key(bucket: str, key: str, *, gcs_client: Any = None) -> None:
     client = gcs_client or get_gcs_client()
     bucket_obj = client.bucket(bucket)
     try:
-        bucket_obj.blob(key).delete(timeout=DEFAULT_TIMEOUT)
+        bucket_obj.blob(key).delete(timeout=DEFAULT_TIMEOUT, **_retry_kwargs(retry))
     except NotFound:
         # A missing object is fine (idempotent delete, like S3); a missing bucket is not.
         if not bucket_obj.exists(timeout=DEFAULT_TIMEOUT):
             raise
+
+
+class GCSUploader(CloudUploader):
+    """Upload and delete Google Cloud Storage objects on a background thread.
+
+    The GCS backend of :class:`~aitoolbox.cloud.uploader.CloudUploader` (job queue, per-key
+    ordering, retries with backoff, ``flush`` / ``close``). Each try is one request without the
+    library's own retry loop, so a failing service is retried - and logged - by the uploader.
+
+    Args:
+        bucket_name: Bucket that receives the objects.
+        max_retries: Retries per job before it is given up; ``None`` retries forever.
+        retry_interval: Seconds to wait before the first retry of a failed job.
+        max_retry_interval: Upper bound in seconds for the backoff between retries.
+        gcs_client: Client to use; defaults to :func:`get_gcs_client`.
+        timeout: Seconds one HTTP request may take.
+    """
+
+    label = "GCS"
+    scheme = GCS_SCHEME
+
+    def __init__(self, bucket_name: str, max_retries: Optional[int] = None, retry_interval: float = 1.0,
+                 max_retry_interval: float = 30.0, *, gcs_client: Any = None,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._gcs_client = gcs_client
+        self.timeout = timeout
+        super().__init__(bucket_name, max_retries, retry_interval, max_retry_interval)
+
+    def _upload(self, local_path: str, key: str) -> None:
+        upload_file(local_path, self.bucket_name, key, gcs_client=self._gcs_client or get_gcs_client(),
+                    timeout=self.timeout, retry=None)
+
+    def _delete(self, key: str) -> None:
+        delete_key(self.bucket_name, key, gcs_client=self._gcs_client or get_gcs_client(), retry=None)
+
+
+def create_uploader(bucket_name: str, *, retry_interval: float = 1.0, max_retry_interval: float = 30.0,
+                    client_max_attempts: Optional[int] = None) -> GCSUploader:
+    """The background uploader the experiment store uses for a GCS bucket.
+
+    Args:
+        bucket_name: Bucket that receives the objects.
+        retry_interval: Seconds before the first retry of a failed job.
+        max_retry_interval: Upper bound in seconds for the backoff between retries.
+        client_max_attempts: Accepted for symmetry with S3; each GCS try is one request.
+
+    Returns:
+        A :class:`GCSUploader` that retries forever.
+    """
+    del client_max_attempts
+    return GCSUploader(bucket_name, retry_interval=retry_interval, max_retry_interval=max_retry_interval)
