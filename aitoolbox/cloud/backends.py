@@ -2,7 +2,8 @@
 
 A :class:`CloudBackend` names a service (``'s3'``, ``'gcs'``), its URI scheme and the module
 that implements it. Every backend module offers the same functions - ``parse_uri``, ``is_uri``,
-``check_bucket_exists``, ``upload_file``, ``download_file``, ``list_keys``, ``delete_key`` and
+``check_bucket_exists``, ``upload_file``, ``download_file``, ``list_keys``, ``list_objects``,
+``delete_key`` and
 ``create_uploader`` (a :class:`~aitoolbox.cloud.uploader.CloudUploader`) - so the experiment
 store, checkpoint files and model loaders work with any of them. The modules import their
 client libraries (boto3, google-cloud-storage) only when a function is called.
@@ -64,6 +65,10 @@ class CloudBackend:
     def list_keys(self, bucket: str, prefix: str = "") -> List[str]:
         """The object keys of ``bucket`` under ``prefix``, sorted."""
         return sorted(self.module.list_keys(bucket, prefix))
+
+    def list_objects(self, bucket: str, prefix: str = "") -> List[Tuple[str, float]]:
+        """``(key, last-modified time in seconds since the epoch)`` of the objects under ``prefix``."""
+        return self.module.list_objects(bucket, prefix)
 
     def delete_key(self, bucket: str, key: str) -> None:
         """Delete one object; a missing object is not an error."""

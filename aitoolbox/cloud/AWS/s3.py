@@ -265,6 +265,27 @@ def list_keys(bucket: str, prefix: str = "", *, s3_client: Any = None) -> List[s
     return keys
 
 
+def list_objects(bucket: str, prefix: str = "", *, s3_client: Any = None) -> List[Tuple[str, float]]:
+    """List the objects in a bucket that start with ``prefix``, with their modification times.
+
+    Args:
+        bucket: Bucket to list.
+        prefix: Key prefix to filter on; ``""`` lists every object.
+        s3_client: Client to use; defaults to :func:`get_s3_client`.
+
+    Returns:
+        ``(key, last-modified time in seconds since the epoch)`` pairs, in key order.
+
+    Raises:
+        botocore.exceptions.ClientError: If the bucket does not exist or is not readable.
+    """
+    client = s3_client or get_s3_client()
+    objects: List[Tuple[str, float]] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        objects.extend((item["Key"], item["LastModified"].timestamp()) for item in page.get("Contents", []))
+    return objects
+
+
 def delete_key(bucket: str, key: str, *, s3_client: Any = None) -> None:
     """Delete one object; deleting a key that does not exist is not an error.
 

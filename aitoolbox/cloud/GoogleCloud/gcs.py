@@ -24,6 +24,8 @@ EMULATOR_ENV_VAR = "STORAGE_EMULATOR_HOST"
 EMULATOR_PROJECT = "aitoolbox-emulator"
 #: Seconds one HTTP request may take (connect, read) before it fails.
 DEFAULT_TIMEOUT = 60.0
+#: Seconds the bucket check before training keeps retrying an unreachable service.
+CHECK_TIMEOUT = 10.0
 _LIBRARY_DEFAULT = object()
 
 _CLIENT_ENV_VARS = (
@@ -195,9 +197,11 @@ def check_bucket_exists(bucket_name: str, *, gcs_client: Any = None) -> None:
         ValueError: If no credentials are configured, or the bucket does not exist, is not
             accessible, or the service cannot be reached. The message names the bucket and how to fix the problem.
     """
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
     client = gcs_client or _client_for_check(bucket_name)
     try:
-        client.get_bucket(bucket_name, timeout=DEFAULT_TIMEOUT)
+        client.get_bucket(bucket_name, timeout=CHECK_TIMEOUT, retry=DEFAULT_RETRY.with_timeout(CHECK_TIMEOUT))
     except Exception as error:  # google.api_core errors, transport errors, bad credentials
         raise ValueError(
             f"Google Cloud Storage bucket '{bucket_name}' is not usable: "
@@ -288,6 +292,25 @@ def list_keys(bucket: str, prefix: str = "", *, gcs_client: Any = None) -> List[
     client = gcs_client or get_gcs_client()
     return sorted(blob.name for blob in client.list_blobs(bucket, prefix=prefix or None,
                                                           timeout=DEFAULT_TIMEOUT))
+
+
+def list_objects(bucket: str, prefix: str = "", *, gcs_client: Any = None) -> List[Tuple[str, float]]:
+    """List the objects in a bucket that start with ``prefix``, with their modification times.
+
+    Args:
+        bucket: Bucket to list.
+        prefix: Name prefix to filter on; ``""`` lists every object.
+        gcs_client: Client to use; defaults to :func:`get_gcs_client`.
+
+    Returns:
+        ``(name, last-modified time in seconds since the epoch)`` pairs, in name order.
+
+    Raises:
+        google.api_core.exceptions.NotFound: If the bucket does not exist.
+    """
+    client = gcs_client or get_gcs_client()
+    blobs = client.list_blobs(bucket, prefix=prefix or None, timeout=DEFAULT_TIMEOUT)
+    return sorted((blob.name, blob.updated.timestamp() if blob.updated else 0.0) for blob in blobs)
 
 
 def delete_key(bucket: str, key: str, *, gcs_client: Any = None, retry: Any = _LIBRARY_DEFAULT) -> None:

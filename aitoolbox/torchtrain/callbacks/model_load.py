@@ -18,7 +18,7 @@ from typing import Optional, Union
 
 from aitoolbox.experiment import experiment_folder as ef
 from aitoolbox.experiment.checkpoint_registry import MANIFEST_FILE, find_latest_checkpoint, newest_entry
-from aitoolbox.experiment.experiment_store import validate_cloud_save_mode
+from aitoolbox.experiment.experiment_store import cloud_backend, validate_cloud_save_mode
 from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
 
 logger = logging.getLogger("aitoolbox")
@@ -27,10 +27,10 @@ logger = logging.getLogger("aitoolbox")
 class ModelLoadContinueTraining(AbstractCallback):
     """Load a checkpoint into the TrainLoop when registered, so that ``fit`` continues that run.
 
-    Give either ``checkpoint_path`` (a local file or an ``s3://bucket/key`` URI), or the saved
+    Give either ``checkpoint_path`` (a local file or an ``s3://`` / ``gs://`` URI), or the saved
     experiment: ``saved_experiment_timestamp``, ``project_name``, ``experiment_name`` and
     ``local_model_result_folder_path``. Of an experiment the newest checkpoint is loaded (or
-    ``checkpoint_file``); with ``cloud_save_mode='s3'`` it is fetched from the bucket when the
+    ``checkpoint_file``); with ``cloud_save_mode='s3'`` or ``'gcs'`` it is fetched from the bucket when the
     local folder does not have it. The checkpoint is loaded once, at the first ``fit``.
 
     Args:
@@ -40,8 +40,9 @@ class ModelLoadContinueTraining(AbstractCallback):
         experiment_name: experiment name.
         local_model_result_folder_path: results root folder.
         used_data_parallel: accepted for compatibility; checkpoints never carry wrapper prefixes.
-        cloud_save_mode: ``'s3'`` to fall back to the bucket; None / ``'local'``: local only.
-        bucket_name: S3 bucket.
+        cloud_save_mode: ``'s3'`` or ``'gcs'`` (and their aliases) to fall back to the bucket;
+            None / ``'local'``: local only.
+        bucket_name: the S3 / GCS bucket.
         cloud_dir_prefix: key prefix inside the bucket.
         checkpoint_path: load this checkpoint instead of looking one up in an experiment folder.
         checkpoint_file: file name inside ``saved_model_dir``; None: the newest checkpoint.
@@ -68,7 +69,7 @@ class ModelLoadContinueTraining(AbstractCallback):
             self._init_experiment(saved_experiment_timestamp, saved_model_dir, project_name, experiment_name,
                                   local_model_result_folder_path)
         elif not isinstance(checkpoint_path, (str, os.PathLike)):
-            raise TypeError("checkpoint_path must be a path or an s3:// URI, got "
+            raise TypeError("checkpoint_path must be a path or an s3:// / gs:// URI, got "
                             f"{type(checkpoint_path).__name__}.")
 
     def _init_experiment(self, timestamp, saved_model_dir, project_name, experiment_name, root) -> None:
@@ -87,7 +88,7 @@ class ModelLoadContinueTraining(AbstractCallback):
         if self.backend is None and not os.path.isdir(self.local_dir):
             raise ValueError(f"No checkpoint folder at {self.local_dir!r}: check project_name, experiment_name, "
                              "saved_experiment_timestamp and local_model_result_folder_path, or set "
-                             "cloud_save_mode='s3' to load from the bucket.")
+                             "cloud_save_mode='s3' or 'gcs' to load from the bucket.")
 
     def on_train_loop_registration(self):
         if self.loaded_path is not None:
@@ -99,18 +100,18 @@ class ModelLoadContinueTraining(AbstractCallback):
                     self.train_loop_obj.epoch, self.train_loop_obj.total_iteration_idx)
 
     def resolve_checkpoint(self) -> str:
-        """The local path or ``s3://`` URI of the checkpoint to load.
+        """The local path or ``s3://`` / ``gs://`` URI of the checkpoint to load.
 
         Raises:
-            FileNotFoundError: no checkpoint found locally nor (with S3) in the bucket.
+            FileNotFoundError: no checkpoint found locally nor (with a cloud mode) in the bucket.
         """
         if self.checkpoint_path is not None:
             return os.fspath(self.checkpoint_path)
         local = self._local_checkpoint()
         if local is not None:
             return local
-        if self.backend == "s3":
-            return self._s3_checkpoint()
+        if self.backend is not None:
+            return self._cloud_checkpoint()
         raise FileNotFoundError(f"No checkpoint in {self.local_dir!r}.")
 
     def _local_checkpoint(self) -> Optional[str]:
@@ -119,35 +120,37 @@ class ModelLoadContinueTraining(AbstractCallback):
             return path if os.path.isfile(path) else None
         return find_latest_checkpoint(self.local_dir) if os.path.isdir(self.local_dir) else None
 
-    def _s3_checkpoint(self) -> str:
+    def _cloud_checkpoint(self) -> str:
+        cloud = cloud_backend(self.backend)
         prefix = "/".join(p for p in (self.cloud_dir_prefix, self.project_name, self.folder_name,
                                       self.saved_model_dir) if p)
-        file_name = self.checkpoint_file or latest_s3_checkpoint_file(self.bucket_name, prefix)
+        file_name = self.checkpoint_file or latest_cloud_checkpoint_file(self.bucket_name, prefix, self.backend)
         if file_name is None:
-            raise FileNotFoundError(f"No checkpoint under s3://{self.bucket_name}/{prefix}/.")
-        return f"s3://{self.bucket_name}/{prefix}/{file_name}"
+            raise FileNotFoundError(f"No checkpoint under {cloud.uri(self.bucket_name, prefix)}/.")
+        return cloud.uri(self.bucket_name, f"{prefix}/{file_name}")
 
 
-def latest_s3_checkpoint_file(bucket: str, prefix: str) -> Optional[str]:
-    """File name of the newest checkpoint under ``s3://bucket/prefix/`` (manifest, else newest object)."""
-    from aitoolbox.cloud.AWS.s3 import download_file, get_s3_client
-
-    client = get_s3_client()
-    objects = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
-        objects.extend(page.get("Contents", []))
-    names = {obj["Key"][len(prefix) + 1:]: obj for obj in objects}
+def latest_cloud_checkpoint_file(bucket: str, prefix: str, backend: str = "s3") -> Optional[str]:
+    """File name of the newest checkpoint under ``prefix/`` in an S3 (``backend='s3'``) or GCS
+    (``'gcs'``) bucket: the manifest's newest entry, else the most recently modified object."""
+    cloud = cloud_backend(backend)
+    names = {key[len(prefix) + 1:]: modified for key, modified in cloud.list_objects(bucket, prefix + "/")}
     if MANIFEST_FILE in names:
         with tempfile.TemporaryDirectory() as tmp_dir:
             local = os.path.join(tmp_dir, MANIFEST_FILE)
-            download_file(bucket, f"{prefix}/{MANIFEST_FILE}", local, s3_client=client)
+            cloud.download_file(bucket, f"{prefix}/{MANIFEST_FILE}", local)
             with open(local, encoding="utf-8") as f:
                 entries = json.load(f).get("checkpoints", [])
         newest = newest_entry([e for e in entries if e["file"] in names])
         if newest is not None:
             return newest["file"]
-    checkpoints = [obj for name, obj in names.items() if name.endswith(".pt") and "/" not in name]
-    return max(checkpoints, key=lambda o: o["LastModified"])["Key"][len(prefix) + 1:] if checkpoints else None
+    checkpoints = [name for name in names if name.endswith(".pt") and "/" not in name]
+    return max(checkpoints, key=names.get) if checkpoints else None
 
 
-__all__ = ["ModelLoadContinueTraining", "latest_s3_checkpoint_file"]
+def latest_s3_checkpoint_file(bucket: str, prefix: str) -> Optional[str]:
+    """File name of the newest checkpoint under ``s3://bucket/prefix/`` (manifest, else newest object)."""
+    return latest_cloud_checkpoint_file(bucket, prefix, "s3")
+
+
+__all__ = ["ModelLoadContinueTraining", "latest_cloud_checkpoint_file", "latest_s3_checkpoint_file"]
