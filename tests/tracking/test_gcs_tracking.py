@@ -78,7 +78,8 @@ def test_continue_training_from_the_bucket(gcs_bucket, tmp_path):
 
     shutil.rmtree(loop.experiment_dir)  # only the bucket has the experiment now
     resumed = TrainLoop(*loop_args(seed=5), show_progress=False)
-    load = ModelLoadContinueTraining(loop.experiment_timestamp, "checkpoint_model", "proj", "exp", tmp_path,
+    load = ModelLoadContinueTraining(loop.experiment_timestamp, "checkpoint_model", project_name="proj",
+                                     experiment_name="exp", local_model_result_folder_path=tmp_path,
                                      cloud_save_mode="gcs", bucket_name=gcs_bucket)
     resumed.fit(num_epochs=2, callbacks=[load])  # already at 2 epochs: loads, trains nothing
     assert load.loaded_path == f"gs://{gcs_bucket}/proj/exp_{loop.experiment_timestamp}/" \
@@ -94,13 +95,15 @@ def test_continue_training_without_a_manifest_takes_the_newest_object(gcs_bucket
     prefix = f"proj/exp_{loop.experiment_timestamp}/checkpoint_model"
     get_gcs_client().bucket(gcs_bucket).blob(f"{prefix}/checkpoints.json").delete()
     shutil.rmtree(loop.experiment_dir)
-    load = ModelLoadContinueTraining(loop.experiment_timestamp, "checkpoint_model", "proj", "exp", tmp_path,
+    load = ModelLoadContinueTraining(loop.experiment_timestamp, "checkpoint_model", project_name="proj",
+                                     experiment_name="exp", local_model_result_folder_path=tmp_path,
                                      cloud_save_mode="gcs", bucket_name=gcs_bucket)
     assert load.resolve_checkpoint() == f"gs://{gcs_bucket}/{prefix}/model_epoch_2.pt"
 
 
 def test_no_checkpoint_in_the_bucket(gcs_bucket, tmp_path):
-    load = ModelLoadContinueTraining("2024-01-01_00-00-00", "checkpoint_model", "proj", "exp", tmp_path,
+    load = ModelLoadContinueTraining("2024-01-01_00-00-00", "checkpoint_model", project_name="proj",
+                                     experiment_name="exp", local_model_result_folder_path=tmp_path,
                                      cloud_save_mode="gcs", bucket_name=gcs_bucket)
     with pytest.raises(FileNotFoundError, match=f"gs://{gcs_bucket}/proj/exp_2024-01-01_00-00-00/"):
         load.resolve_checkpoint()
