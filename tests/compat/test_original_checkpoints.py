@@ -219,3 +219,16 @@ def test_objects_weights_only_refuses_are_a_clear_error(tmp_path):
     torch.save(state, path)
     with pytest.raises(ValueError, match="weights_only=True.*hyperparams"):
         fresh_loop().load_checkpoint(path)
+
+
+def test_experiment_details_are_taken_from_a_tracking_train_loop(tmp_path):
+    from aitoolbox.torchtrain.train_loop import TrainLoopCheckpoint
+
+    path, trained, _ = original_checkpoint(tmp_path, with_scheduler=False)
+    loop = TrainLoopCheckpoint(*loop_args(seed=77), "proj", "exp", str(tmp_path), {}, cloud_save_mode=None,
+                               show_progress=False)
+    load = ModelLoadContinueTraining(TS, epoch_num=1)
+    loop.fit(num_epochs=3, callbacks=[load])
+    assert load.loaded_path == path and loop.epoch == 3
+    # the continued run writes its own checkpoints into its own (new) experiment folder
+    assert os.path.isfile(os.path.join(loop.experiment_dir, "checkpoint_model", "model_epoch_3.pt"))
