@@ -2,6 +2,8 @@
 
 S3: a moto server on loopback (real HTTP, no in-process patching of botocore) with
 the ``AWS_*`` environment pointing at it, plus a fresh bucket per test.
+GCS: gcp-storage-emulator on loopback with ``STORAGE_EMULATOR_HOST`` pointing at it, plus a
+fresh bucket per test.
 """
 import logging
 import socket
@@ -134,4 +136,95 @@ def create_bucket(s3_endpoint_url):
     """Function that (re)creates a bucket by name on the moto server."""
     def _create(name: str) -> None:
         _raw_s3_client(s3_endpoint_url).create_bucket(Bucket=name)
+    return _create
+
+
+# --------------------------------------------------------------------------- Google Cloud Storage
+# GCS: gcp-storage-emulator in-process on loopback (real HTTP through google-cloud-storage) with
+# STORAGE_EMULATOR_HOST pointing at it, plus a fresh bucket per test.
+
+class GCSEmulator:
+    """An in-memory gcp-storage-emulator on a fixed loopback port that tests can stop and restart."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.endpoint_url = f"http://{MOTO_HOST}:{port}"
+        self._server = None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> None:
+        """Start the server (no-op if running); a restarted server is empty."""
+        from gcp_storage_emulator.server import create_server
+
+        if self._server is None:
+            assert _port_is_free(self.port), f"port {self.port} is taken"
+            server = create_server(MOTO_HOST, self.port, in_memory=True)
+            server.start()
+            self._server = server
+
+    def stop(self) -> None:
+        """Stop the server; the listening socket is closed, so connections are refused."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
+def _raw_gcs_client():
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(project="aitoolbox-test", credentials=AnonymousCredentials())
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """Session-wide gcp-storage-emulator with STORAGE_EMULATOR_HOST pointed at it."""
+    server = GCSEmulator(_free_port())
+    emulator_logger = logging.getLogger("gcp_storage_emulator")
+    old_level = emulator_logger.level
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STORAGE_EMULATOR_HOST", server.endpoint_url)
+        mp.setenv("GOOGLE_CLOUD_PROJECT", "aitoolbox-test")
+        mp.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+        mp.delenv("API_ENDPOINT_OVERRIDE", raising=False)
+        emulator_logger.setLevel(logging.WARNING)  # one INFO line per request otherwise
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+            emulator_logger.setLevel(old_level)
+
+
+@pytest.fixture
+def gcs_endpoint_url(gcs_emulator) -> str:
+    """Endpoint URL of the running GCS emulator (restarted if a test stopped it)."""
+    gcs_emulator.start()
+    return gcs_emulator.endpoint_url
+
+
+@pytest.fixture
+def gcs_bucket(gcs_endpoint_url):
+    """Create a fresh, uniquely named GCS bucket and yield its name; delete it afterwards."""
+    client = _raw_gcs_client()
+    name = f"aitb-{uuid.uuid4().hex[:20]}"
+    client.create_bucket(name)
+    yield name
+    try:
+        bucket = client.bucket(name)
+        for blob in client.list_blobs(name):
+            blob.delete()
+        bucket.delete()
+    except Exception:  # the test may have stopped the server
+        pass
+
+
+@pytest.fixture
+def create_gcs_bucket(gcs_endpoint_url):
+    """Function that creates a GCS bucket by name on the emulator."""
+    def _create(name: str) -> None:
+        _raw_gcs_client().create_bucket(name)
     return _create

@@ -1,10 +1,12 @@
-"""One experiment's storage: the local experiment folder, mirrored to S3 in the background.
+"""One experiment's storage: the local experiment folder, mirrored to the cloud in the background.
 
 Every file is first written completely (and atomically) to the local folder, then queued for
-upload to ``s3://<bucket>/<cloud_dir_prefix>/<project>/<experiment>_<timestamp>/<same path>``.
-Uploads run on a background thread (:class:`~aitoolbox.cloud.AWS.s3.S3Uploader`): training never
-waits for S3, failed uploads are retried (and logged) without ever raising into training, and the
-local copy always stays. :meth:`ExperimentStore.finish_run` waits - for a bounded time - for the
+upload to ``<scheme>://<bucket>/<cloud_dir_prefix>/<project>/<experiment>_<timestamp>/<same path>``
+on S3 (``s3://``) or Google Cloud Storage (``gs://``), the backends of
+:mod:`aitoolbox.cloud.backends`. Uploads run on a background thread
+(:class:`~aitoolbox.cloud.uploader.CloudUploader`): training never waits for the cloud, failed
+uploads are retried (and logged) without ever raising into training, and the local copy always
+stays. :meth:`ExperimentStore.finish_run` waits - for a bounded time - for the
 queue to drain at the end of ``fit``.
 """
 from __future__ import annotations
@@ -22,50 +24,62 @@ from aitoolbox.utils.io import atomic_write_path
 
 logger = logging.getLogger("aitoolbox")
 
-#: ``cloud_save_mode`` value -> storage backend (None: local disk only).
-CLOUD_SAVE_MODES = {None: None, "local": None, "s3": "s3", "aws_s3": "s3"}
+#: ``cloud_save_mode`` value -> storage backend name (None: local disk only). The aliases are the
+#: original aitoolbox's.
+CLOUD_SAVE_MODES = {None: None, "local": None,
+                    "s3": "s3", "aws_s3": "s3", "aws": "s3",
+                    "gcs": "gcs", "google_storage": "gcs", "google storage": "gcs"}
 
 
 def validate_cloud_save_mode(cloud_save_mode: Any) -> Optional[str]:
-    """The backend of ``cloud_save_mode``: ``'s3'`` or None (local only).
+    """The backend of ``cloud_save_mode``: ``'s3'``, ``'gcs'`` or None (local only).
 
     Raises:
-        ValueError: an unknown or unsupported mode.
+        ValueError: an unknown mode.
     """
-    if cloud_save_mode in ("gcs", "google_storage"):
-        raise ValueError(f"cloud_save_mode={cloud_save_mode!r}: Google Cloud Storage is not supported; "
-                         "use 's3' (any S3-compatible store via AWS_ENDPOINT_URL) or None / 'local'.")
     if not isinstance(cloud_save_mode, (str, type(None))) or cloud_save_mode not in CLOUD_SAVE_MODES:
         raise ValueError(f"cloud_save_mode must be one of {list(CLOUD_SAVE_MODES)}, got {cloud_save_mode!r}. "
-                         "Use 's3' to mirror the experiment to S3, or None / 'local' for local disk only.")
+                         "Use 's3' to mirror the experiment to S3, 'gcs' for Google Cloud Storage, or "
+                         "None / 'local' for local disk only.")
     return CLOUD_SAVE_MODES[cloud_save_mode]
 
 
+def cloud_backend(backend: Optional[str]):
+    """The :class:`~aitoolbox.cloud.backends.CloudBackend` of a backend name, None for local."""
+    if backend is None:
+        return None
+    from aitoolbox.cloud.backends import get_backend
+    return get_backend(backend)
+
+
 class ExperimentStore:
-    """The experiment folder on local disk and, optionally, its mirror on S3.
+    """The experiment folder on local disk and, optionally, its mirror on S3 or GCS.
 
     Validates everything at construction - names, the root folder, ``cloud_save_mode`` and, for
-    S3, that the bucket exists - so that mistakes surface before any training work. The folder
+    the cloud, that the bucket exists - so that mistakes surface before any training work. The folder
     itself is created by :meth:`ensure_created` (at training start, or lazily at the first write).
 
     Class attributes (defaults for every store; change them on the class or an instance):
         flush_timeout: seconds ``finish_run`` waits at most for pending uploads.
         retry_interval / max_retry_interval: backoff of failed uploads (seconds).
-        client_max_attempts: attempts per S3 request inside one upload try (botocore retries).
+        client_max_attempts: attempts per S3 request inside one upload try (botocore retries;
+            a GCS try is always one request).
 
     Args:
         project_name: project folder name.
         experiment_name: experiment name (folder ``<experiment_name>_<timestamp>``).
         local_model_result_folder_path: the results root folder.
         hyperparams: dict, or the path of a YAML / JSON file; never mutated.
-        cloud_save_mode: ``'s3'`` / ``'aws_s3'``, or None / ``'local'`` for local disk only.
-        bucket_name: S3 bucket.
+        cloud_save_mode: ``'s3'`` / ``'aws_s3'`` / ``'aws'`` (S3), ``'gcs'`` / ``'google_storage'`` /
+            ``'google storage'`` (Google Cloud Storage), or None / ``'local'`` for local disk only.
+        bucket_name: the bucket of the cloud mirror.
         cloud_dir_prefix: key prefix inside the bucket.
         source_dirs: folders zipped into ``source_code.zip``.
 
     Raises:
-        TypeError, ValueError: an invalid argument, a root folder that is not writable, or (S3) a
+        TypeError, ValueError: an invalid argument, a root folder that is not writable, or (cloud) a
             bucket that does not exist or cannot be reached - named in the message.
+        ImportError: the cloud backend's client library is not installed (named with its extra).
     """
 
     flush_timeout: float = 120.0
@@ -84,7 +98,7 @@ class ExperimentStore:
         self.source_dirs = ef.validate_source_dirs(source_dirs)
         self.bucket_name = bucket_name
         self.experiment_script = ef.find_experiment_script(self.hyperparams)
-        if self.backend == "s3":
+        if self.backend is not None:
             self._check_bucket()
         self._uploader = None
         self._lock = threading.RLock()
@@ -93,12 +107,21 @@ class ExperimentStore:
 
     def _check_bucket(self) -> None:
         if not isinstance(self.bucket_name, str) or not self.bucket_name:
-            raise ValueError(f"bucket_name must be a non-empty str with cloud_save_mode='s3', got "
-                             f"{self.bucket_name!r}.")
-        from aitoolbox.cloud.AWS.s3 import check_bucket_exists
-        check_bucket_exists(self.bucket_name)
+            raise ValueError(f"bucket_name must be a non-empty str with cloud_save_mode={self.backend!r}, "
+                             f"got {self.bucket_name!r}.")
+        self.cloud.check_bucket_exists(self.bucket_name)
 
     # ------------------------------------------------------------------ identity & paths
+    @property
+    def cloud(self):
+        """The :class:`~aitoolbox.cloud.backends.CloudBackend` files are mirrored to, or None."""
+        return cloud_backend(self.backend)
+
+    @property
+    def uses_cloud(self) -> bool:
+        """Whether files are mirrored to a cloud bucket (S3 or GCS)."""
+        return self.backend is not None
+
     @property
     def uses_s3(self) -> bool:
         """Whether files are mirrored to S3."""
@@ -122,18 +145,24 @@ class ExperimentStore:
         return self.folder.sub_path(*parts)
 
     @property
-    def s3_prefix(self) -> str:
+    def cloud_prefix(self) -> str:
         """The key prefix of the experiment folder's mirror: ``<cloud_dir_prefix>/<project>/<folder>``."""
         parts = [self.cloud_dir_prefix, self.folder.project_name, self.folder.name]
         return "/".join(part for part in parts if part)
 
-    def s3_key(self, local_path: str) -> str:
-        """The S3 key that mirrors ``local_path``."""
-        return f"{self.s3_prefix}/{self.folder.relative(local_path)}"
+    def cloud_key(self, local_path: str) -> str:
+        """The object key that mirrors ``local_path`` (the same on every backend)."""
+        return f"{self.cloud_prefix}/{self.folder.relative(local_path)}"
 
-    def s3_uri(self, local_path: str) -> str:
-        """``s3://bucket/key`` of ``local_path``'s mirror."""
-        return f"s3://{self.bucket_name}/{self.s3_key(local_path)}"
+    def cloud_uri(self, local_path: str) -> str:
+        """``s3://bucket/key`` or ``gs://bucket/key`` of ``local_path``'s mirror."""
+        scheme = self.cloud.scheme if self.uses_cloud else "s3://"
+        return f"{scheme}{self.bucket_name}/{self.cloud_key(local_path)}"
+
+    # The S3-era names, kept for existing code.
+    s3_prefix = cloud_prefix
+    s3_key = cloud_key
+    s3_uri = cloud_uri
 
     # ------------------------------------------------------------------ creation
     def ensure_created(self) -> str:
@@ -145,7 +174,8 @@ class ExperimentStore:
         with self._lock:
             if self.folder.create():
                 self._write_experiment_files()
-                target = f" (mirrored to s3://{self.bucket_name}/{self.s3_prefix}/)" if self.uses_s3 else ""
+                target = (f" (mirrored to {self.cloud.uri(self.bucket_name, self.cloud_prefix)}/)"
+                          if self.uses_cloud else "")
                 logger.info("Experiment folder: %s%s", self.path, target)
         return self.path
 
@@ -183,8 +213,8 @@ class ExperimentStore:
         Returns:
             ``local_path``.
         """
-        if self.uses_s3:
-            self._get_uploader().upload(local_path, self.s3_key(local_path))
+        if self.uses_cloud:
+            self._get_uploader().upload(local_path, self.cloud_key(local_path))
         self._process_deferred_removals()
         return local_path
 
@@ -196,8 +226,8 @@ class ExperimentStore:
         """
         with self._lock:
             self._deferred_removals.append(local_path)
-        if remove_from_cloud and self.uses_s3:
-            self._get_uploader().delete(self.s3_key(local_path))
+        if remove_from_cloud and self.uses_cloud:
+            self._get_uploader().delete(self.cloud_key(local_path))
         self._process_deferred_removals()
 
     def _process_deferred_removals(self) -> None:
@@ -205,7 +235,7 @@ class ExperimentStore:
             pending = set(self._uploader.pending_keys()) if self._uploader is not None else set()
             keep = []
             for path in self._deferred_removals:
-                if self.uses_s3 and self.s3_key(path) in pending:
+                if self.uses_cloud and self.cloud_key(path) in pending:
                     keep.append(path)
                 elif os.path.exists(path):
                     os.remove(path)
@@ -214,11 +244,10 @@ class ExperimentStore:
     def _get_uploader(self):
         with self._lock:
             if self._uploader is None:
-                from aitoolbox.cloud.AWS.s3 import S3Uploader, get_s3_client
-                self._uploader = S3Uploader(
+                self._uploader = self.cloud.create_uploader(
                     self.bucket_name, retry_interval=self.retry_interval,
                     max_retry_interval=self.max_retry_interval,
-                    s3_client=get_s3_client(max_attempts=self.client_max_attempts))
+                    client_max_attempts=self.client_max_attempts)
             return self._uploader
 
     # ------------------------------------------------------------------ end of run
@@ -256,9 +285,9 @@ class ExperimentStore:
         done = self._uploader.flush(timeout)
         self._process_deferred_removals()
         if not done:
-            logger.warning("%d S3 upload(s) of experiment %s still pending; they keep being retried in "
+            logger.warning("%d %s upload(s) of experiment %s still pending; they keep being retried in "
                            "the background and the local copies are complete.",
-                           len(self.pending_uploads()), self.folder.name)
+                           len(self.pending_uploads()), self.cloud.label, self.folder.name)
         return done
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -272,5 +301,5 @@ class ExperimentStore:
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
-        target = f", s3://{self.bucket_name}" if self.uses_s3 else ""
+        target = f", {self.cloud.scheme}{self.bucket_name}" if self.uses_cloud else ""
         return f"ExperimentStore({self.path!r}{target})"

@@ -84,7 +84,7 @@ def test_hyperparams_bad_input(tmp_path):
         ef.load_hyperparams(42)
 
 
-@pytest.mark.parametrize("mode", ["gcs", "azure", "S3", 5])
+@pytest.mark.parametrize("mode", ["gs", "azure", "S3", 5])
 def test_unknown_cloud_save_mode(mode):
     with pytest.raises(ValueError, match="cloud_save_mode"):
         validate_cloud_save_mode(mode)

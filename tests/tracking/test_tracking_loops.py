@@ -222,7 +222,7 @@ class NeverTrain(AbstractCallback):
     (dict(experiment_name="a/b"), ValueError, "experiment_name"),
     (dict(project_name="/abs"), ValueError, "project_name"),
     (dict(cloud_save_mode="dropbox"), ValueError, "cloud_save_mode"),
-    (dict(cloud_save_mode="gcs"), ValueError, "Google Cloud Storage"),
+    (dict(cloud_save_mode="GCS"), ValueError, "cloud_save_mode"),
     (dict(hyperparams=[1, 2]), TypeError, "hyperparams"),
     (dict(rm_subopt_local_models=3), TypeError, "rm_subopt_local_models"),
     (dict(num_best_checkpoints_kept=0), ValueError, "num_best_checkpoints_kept"),

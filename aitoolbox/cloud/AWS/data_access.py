@@ -23,6 +23,9 @@ class BaseDataSaver:
         bucket_name: the bucket the files go to.
     """
 
+    #: URI scheme of the storage service, in messages (the Google Cloud Storage subclasses: ``gs://``).
+    cloud_scheme = "s3://"
+
     def __init__(self, bucket_name: str = "model-result"):
         self.bucket_name = bucket_name
         self.s3_client = s3.get_s3_client()
@@ -57,7 +60,7 @@ class BaseDataSaver:
                 path = os.path.join(folder, file_name)
                 relative = os.path.relpath(path, local_folder_path).replace(os.sep, "/")
                 key = f"{prefix}/{relative}" if prefix else relative
-                s3.upload_file(path, self.bucket_name, key, s3_client=self.s3_client)
+                self.save_file(path, key)
                 keys.append(key)
         return keys
 
@@ -69,6 +72,9 @@ class BaseDataLoader:
         bucket_name: the bucket the files come from.
         local_base_data_folder_path: the local folder data sets are kept in (``~`` is expanded).
     """
+
+    #: URI scheme of the storage service, in messages (the Google Cloud Storage subclasses: ``gs://``).
+    cloud_scheme = "s3://"
 
     def __init__(self, bucket_name: str = "dataset-store",
                  local_base_data_folder_path: Union[str, os.PathLike] = "~/project/data"):

@@ -62,7 +62,7 @@ class BaseModelLoader(BaseDataLoader):
         key = "/".join([experiment_cloud_prefix(self.cloud_dir_prefix, project_name, experiment_name,
                                                 experiment_timestamp, model_save_dir), name])
         if not self.load_file(key, local_path):
-            raise FileNotFoundError(f"No saved model at {local_path!r} nor at s3://{self.bucket_name}/{key}.")
+            raise FileNotFoundError(f"No saved model at {local_path!r} nor at {self.cloud_scheme}{self.bucket_name}/{key}.")
         return self.local_model_loader.load_model(project_name, experiment_name, experiment_timestamp,
                                                   model_save_dir, epoch_num, **kwargs)
 

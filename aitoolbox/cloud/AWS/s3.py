@@ -1,4 +1,4 @@
-"""S3 helpers and a background uploader used to mirror experiment files to S3.
+"""S3 helpers and the S3 backend of the background uploader that mirrors experiment files.
 
 boto3 and botocore are imported inside the functions that need them, so importing
 this module is cheap and does not require boto3 to be installed.
@@ -11,16 +11,13 @@ code talk to S3-compatible stores or a local test server.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import tempfile
 import threading
-import time
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-logger = logging.getLogger(__name__)
+from aitoolbox.cloud.uploader import CloudUploader
 
 S3_SCHEME = "s3://"
 DEFAULT_MULTIPART_THRESHOLD = 8 * 1024 * 1024
@@ -84,6 +81,11 @@ def is_s3_uri(path: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+#: The names every storage backend module offers (see :mod:`aitoolbox.cloud.backends`).
+parse_uri = parse_s3_uri
+is_uri = is_s3_uri
 
 
 def _redact(text: str) -> str:
@@ -263,6 +265,27 @@ def list_keys(bucket: str, prefix: str = "", *, s3_client: Any = None) -> List[s
     return keys
 
 
+def list_objects(bucket: str, prefix: str = "", *, s3_client: Any = None) -> List[Tuple[str, float]]:
+    """List the objects in a bucket that start with ``prefix``, with their modification times.
+
+    Args:
+        bucket: Bucket to list.
+        prefix: Key prefix to filter on; ``""`` lists every object.
+        s3_client: Client to use; defaults to :func:`get_s3_client`.
+
+    Returns:
+        ``(key, last-modified time in seconds since the epoch)`` pairs, in key order.
+
+    Raises:
+        botocore.exceptions.ClientError: If the bucket does not exist or is not readable.
+    """
+    client = s3_client or get_s3_client()
+    objects: List[Tuple[str, float]] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        objects.extend((item["Key"], item["LastModified"].timestamp()) for item in page.get("Contents", []))
+    return objects
+
+
 def delete_key(bucket: str, key: str, *, s3_client: Any = None) -> None:
     """Delete one object; deleting a key that does not exist is not an error.
 
@@ -278,25 +301,12 @@ def delete_key(bucket: str, key: str, *, s3_client: Any = None) -> None:
     client.delete_object(Bucket=bucket, Key=key)
 
 
-@dataclass
-class _Job:
-    seq: int
-    action: str
-    key: str
-    local_path: Optional[str] = None
-    attempts: int = 0
-    next_try: float = 0.0
-    running: bool = False
-
-
-class S3Uploader:
+class S3Uploader(CloudUploader):
     """Upload and delete S3 objects on a background thread so training never waits.
 
-    Jobs run one at a time on a daemon worker thread, in the order they were queued,
-    except that a failed job is retried later (exponential backoff capped at
-    ``max_retry_interval``) while the jobs behind it go ahead. Jobs on the same key
-    always keep their relative order. Failures are logged as warnings, never raised
-    to the caller, and local files are never modified.
+    The S3 backend of :class:`~aitoolbox.cloud.uploader.CloudUploader` (job queue, per-key
+    ordering, retries with backoff, ``flush`` / ``close``): uploads use multipart upload for
+    large files, and credentials are redacted from logged errors.
 
     Args:
         bucket_name: Bucket that receives the objects.
@@ -313,6 +323,9 @@ class S3Uploader:
         num_succeeded: Number of jobs that completed successfully so far.
     """
 
+    label = "S3"
+    scheme = S3_SCHEME
+
     def __init__(
         self,
         bucket_name: str,
@@ -324,196 +337,35 @@ class S3Uploader:
         multipart_chunksize: int = DEFAULT_MULTIPART_CHUNKSIZE,
         s3_client: Any = None,
     ) -> None:
-        self.bucket_name = bucket_name
-        self.max_retries = max_retries
-        self.retry_interval = retry_interval
-        self.max_retry_interval = max_retry_interval
         self.multipart_threshold = multipart_threshold
         self.multipart_chunksize = multipart_chunksize
         self._s3_client = s3_client
-        self.num_failed_attempts = 0
-        self.num_succeeded = 0
-        self._jobs: List[_Job] = []
-        self._failed: List[str] = []
-        self._seq = 0
-        self._closed = False
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._worker, name="S3Uploader", daemon=True)
-        self._thread.start()
+        super().__init__(bucket_name, max_retries, retry_interval, max_retry_interval)
 
-    def upload(self, local_path: str, key: str) -> None:
-        """Queue the upload of a complete local file and return immediately.
+    def _upload(self, local_path: str, key: str) -> None:
+        upload_file(local_path, self.bucket_name, key, s3_client=self._s3_client or get_s3_client(),
+                    multipart_threshold=self.multipart_threshold,
+                    multipart_chunksize=self.multipart_chunksize)
 
-        The file is read when the worker reaches the job, so only queue files that
-        were completely (atomically) written.
+    def _delete(self, key: str) -> None:
+        delete_key(self.bucket_name, key, s3_client=self._s3_client or get_s3_client())
 
-        Args:
-            local_path: File to upload.
-            key: Destination object key in the uploader's bucket.
+    def _redact(self, text: str) -> str:
+        return _redact(text)
 
-        Raises:
-            RuntimeError: If the uploader was already closed.
-        """
-        self._enqueue("upload", key, os.fspath(local_path))
 
-    def delete(self, key: str) -> None:
-        """Queue the deletion of an object and return immediately.
+def create_uploader(bucket_name: str, *, retry_interval: float = 1.0, max_retry_interval: float = 30.0,
+                    client_max_attempts: Optional[int] = None) -> S3Uploader:
+    """The background uploader the experiment store uses for an S3 bucket.
 
-        Args:
-            key: Object key in the uploader's bucket.
+    Args:
+        bucket_name: Bucket that receives the objects.
+        retry_interval: Seconds before the first retry of a failed job.
+        max_retry_interval: Upper bound in seconds for the backoff between retries.
+        client_max_attempts: Attempts per request inside one try (botocore retries).
 
-        Raises:
-            RuntimeError: If the uploader was already closed.
-        """
-        self._enqueue("delete", key)
-
-    def pending_keys(self) -> List[str]:
-        """List the keys of jobs that are not done yet, in queue order.
-
-        Returns:
-            One key per unfinished job (a key queued twice appears twice).
-        """
-        with self._cond:
-            return [job.key for job in self._jobs]
-
-    def failed_keys(self) -> List[str]:
-        """List the keys of jobs given up after ``max_retries`` retries.
-
-        Returns:
-            The keys of abandoned jobs, oldest first.
-        """
-        with self._cond:
-            return list(self._failed)
-
-    def flush(self, timeout: Optional[float] = None) -> bool:
-        """Block until every job queued before this call is done or the timeout passes.
-
-        Args:
-            timeout: Seconds to wait at most; ``None`` waits as long as needed.
-
-        Returns:
-            True if every job queued so far succeeded; False if jobs are still
-            pending when the timeout passes (their keys are logged) or a job was
-            given up.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            last_seq = self._seq
-            while self._jobs_up_to(last_seq) and not self._timed_out(deadline):
-                self._cond.wait(None if deadline is None else deadline - time.monotonic())
-            pending = self._jobs_up_to(last_seq)
-            if pending:
-                logger.warning("S3 jobs still pending for bucket '%s': %s",
-                               self.bucket_name, [job.key for job in pending])
-            return not pending and not self._failed
-
-    def close(self, timeout: Optional[float] = None) -> bool:
-        """Flush the queue, then stop the worker thread.
-
-        Jobs still pending after ``timeout`` are dropped (their keys are logged).
-
-        Args:
-            timeout: Seconds to wait for the queue to drain; ``None`` waits as long as needed.
-
-        Returns:
-            The result of :meth:`flush`.
-        """
-        flushed = self.flush(timeout)
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._thread.join(timeout=5.0)
-        return flushed
-
-    def __enter__(self) -> "S3Uploader":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-    def _jobs_up_to(self, last_seq: int) -> List[_Job]:
-        return [job for job in self._jobs if job.seq <= last_seq]
-
-    @staticmethod
-    def _timed_out(deadline: Optional[float]) -> bool:
-        return deadline is not None and time.monotonic() >= deadline
-
-    def _enqueue(self, action: str, key: str, local_path: Optional[str] = None) -> None:
-        with self._cond:
-            if self._closed:
-                raise RuntimeError(f"S3Uploader for bucket '{self.bucket_name}' is closed")
-            self._seq += 1
-            self._jobs.append(_Job(self._seq, action, key, local_path))
-            self._cond.notify_all()
-
-    def _worker(self) -> None:
-        while True:
-            job = self._next_job()
-            if job is None:
-                return
-            error = self._run_job(job)
-            self._finish_job(job, error)
-
-    def _next_job(self) -> Optional[_Job]:
-        with self._cond:
-            while not self._closed:
-                job, wake_at = self._pick_ready_job(time.monotonic())
-                if job is not None:
-                    job.running = True
-                    return job
-                self._cond.wait(None if wake_at is None else max(wake_at - time.monotonic(), 0.0))
-            return None
-
-    def _pick_ready_job(self, now: float) -> Tuple[Optional[_Job], Optional[float]]:
-        """Return the oldest runnable job, or the time at which one becomes runnable."""
-        seen_keys = set()
-        wake_at = None
-        for job in self._jobs:
-            if job.key in seen_keys:
-                continue
-            seen_keys.add(job.key)
-            if job.running:
-                continue
-            if job.next_try <= now:
-                return job, None
-            wake_at = job.next_try if wake_at is None else min(wake_at, job.next_try)
-        return None, wake_at
-
-    def _run_job(self, job: _Job) -> Optional[Exception]:
-        client = self._s3_client or get_s3_client()
-        try:
-            if job.action == "upload":
-                upload_file(job.local_path, self.bucket_name, job.key, s3_client=client,
-                            multipart_threshold=self.multipart_threshold,
-                            multipart_chunksize=self.multipart_chunksize)
-            else:
-                delete_key(self.bucket_name, job.key, s3_client=client)
-        except Exception as error:  # any failure is retried; it must not kill the worker
-            return error
-        return None
-
-    def _finish_job(self, job: _Job, error: Optional[Exception]) -> None:
-        with self._cond:
-            job.running = False
-            if error is None:
-                self.num_succeeded += 1
-                self._jobs.remove(job)
-            else:
-                self._record_failure(job, error)
-            self._cond.notify_all()
-
-    def _record_failure(self, job: _Job, error: Exception) -> None:
-        self.num_failed_attempts += 1
-        job.attempts += 1
-        reason = _redact(f"{type(error).__name__}: {error}")
-        target = f"s3://{self.bucket_name}/{job.key}"
-        if self.max_retries is not None and job.attempts > self.max_retries:
-            self._jobs.remove(job)
-            self._failed.append(job.key)
-            logger.error("Giving up S3 %s of %s after %d attempts: %s",
-                         job.action, target, job.attempts, reason)
-            return
-        delay = min(self.retry_interval * 2 ** (job.attempts - 1), self.max_retry_interval)
-        job.next_try = time.monotonic() + delay
-        logger.warning("S3 %s of %s failed (attempt %d), retrying in %.1fs: %s",
-                       job.action, target, job.attempts, delay, reason)
+    Returns:
+        An :class:`S3Uploader` that retries forever.
+    """
+    return S3Uploader(bucket_name, retry_interval=retry_interval, max_retry_interval=max_retry_interval,
+                      s3_client=get_s3_client(max_attempts=client_max_attempts))

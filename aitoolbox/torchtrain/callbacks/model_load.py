@@ -22,7 +22,7 @@ from typing import Optional, Union
 from aitoolbox.experiment import experiment_folder as ef
 from aitoolbox.experiment.checkpoint_registry import (
     MANIFEST_FILE, checkpoint_file_name, find_latest_checkpoint, newest_entry, newest_original_checkpoint_name)
-from aitoolbox.experiment.experiment_store import validate_cloud_save_mode
+from aitoolbox.experiment.experiment_store import cloud_backend, validate_cloud_save_mode
 from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
 
 logger = logging.getLogger("aitoolbox")
@@ -31,12 +31,12 @@ logger = logging.getLogger("aitoolbox")
 class ModelLoadContinueTraining(AbstractCallback):
     """Load a checkpoint into the TrainLoop when registered, so that ``fit`` continues that run.
 
-    Give either ``checkpoint_path`` (a local file or an ``s3://bucket/key`` URI), or the saved
+    Give either ``checkpoint_path`` (a local file or an ``s3://`` / ``gs://`` URI), or the saved
     experiment's ``saved_experiment_timestamp`` (with ``project_name``, ``experiment_name`` and
     ``local_model_result_folder_path``; left None they are taken from a tracking TrainLoop). Of
     an experiment the checkpoint of ``epoch_num`` is loaded, else ``checkpoint_file``, else
     aitoolbox 1.8's final model file if there is one, else the newest checkpoint; with
-    ``cloud_save_mode='s3'`` it is fetched from the bucket when the local folder lacks it. The
+    ``cloud_save_mode='s3'`` or ``'gcs'`` it is fetched from the bucket when the local folder lacks it. The
     checkpoint is loaded once, at the first ``fit``.
 
     Args:
@@ -55,9 +55,9 @@ class ModelLoadContinueTraining(AbstractCallback):
         project_name: project folder name (None: the TrainLoop's).
         experiment_name: experiment name (None: the TrainLoop's).
         local_model_result_folder_path: results root folder (None: the TrainLoop's).
-        cloud_save_mode: ``'s3'`` to fall back to the bucket; None / ``'local'``: local only
-            (None with a tracking TrainLoop: the TrainLoop's mode).
-        bucket_name: S3 bucket (None: the TrainLoop's, else ``'model-result'``).
+        cloud_save_mode: ``'s3'`` / ``'gcs'`` (or their aliases) to fall back to the bucket;
+            None / ``'local'``: local only (None with a tracking TrainLoop: the TrainLoop's mode).
+        bucket_name: S3 / GCS bucket (None: the TrainLoop's, else ``'model-result'``).
         cloud_dir_prefix: key prefix inside the bucket (None: the TrainLoop's, else ``''``).
         checkpoint_path: load this checkpoint instead of looking one up in an experiment folder.
         checkpoint_file: file name inside ``saved_model_dir``.
@@ -99,7 +99,7 @@ class ModelLoadContinueTraining(AbstractCallback):
         self.model_loader = None
         if checkpoint_path is not None:
             if not isinstance(checkpoint_path, (str, os.PathLike)):
-                raise TypeError("checkpoint_path must be a path or an s3:// URI, got "
+                raise TypeError("checkpoint_path must be a path or an s3:// / gs:// URI, got "
                                 f"{type(checkpoint_path).__name__}.")
         elif saved_experiment_timestamp is None:
             raise ValueError("ModelLoadContinueTraining needs checkpoint_path, or saved_experiment_timestamp (with "
@@ -120,7 +120,7 @@ class ModelLoadContinueTraining(AbstractCallback):
         if self.backend is None and not os.path.isdir(self.local_dir):
             raise ValueError(f"No checkpoint folder at {self.local_dir!r}: check project_name, experiment_name, "
                              "saved_experiment_timestamp and local_model_result_folder_path, or set "
-                             "cloud_save_mode='s3' to load from the bucket.")
+                             "cloud_save_mode='s3' or 'gcs' to load from the bucket.")
 
     @property
     def folder_name(self) -> str:
@@ -188,10 +188,12 @@ class ModelLoadContinueTraining(AbstractCallback):
         if self.local_dir is None:
             raise ValueError("custom_local_loader_class needs the saved experiment (saved_experiment_timestamp, "
                              "project_name, experiment_name, local_model_result_folder_path), not checkpoint_path.")
-        if path.startswith("s3://"):
-            from aitoolbox.cloud.AWS.s3 import download_file, parse_s3_uri
-            bucket, key = parse_s3_uri(path)
-            download_file(bucket, key, os.path.join(self.local_dir, os.path.basename(key)))
+        from aitoolbox.cloud.backends import backend_for_uri
+
+        cloud = backend_for_uri(path)
+        if cloud is not None:
+            bucket, key = cloud.parse_uri(path)
+            cloud.download_file(bucket, key, os.path.join(self.local_dir, os.path.basename(key)))
         loop = self.train_loop_obj
         loader = self.custom_local_loader_class(self.local_model_result_folder_path)
         representation = loader.load_model(self.project_name, self.experiment_name, self.saved_experiment_timestamp,
@@ -205,18 +207,18 @@ class ModelLoadContinueTraining(AbstractCallback):
         self.model_loader = loader
 
     def resolve_checkpoint(self) -> str:
-        """The local path or ``s3://`` URI of the checkpoint to load.
+        """The local path or ``s3://`` / ``gs://`` URI of the checkpoint to load.
 
         Raises:
-            FileNotFoundError: no checkpoint found locally nor (with S3) in the bucket.
+            FileNotFoundError: no checkpoint found locally nor (with a cloud mode) in the bucket.
         """
         if self.checkpoint_path is not None:
             return os.fspath(self.checkpoint_path)
         local = self._local_checkpoint()
         if local is not None:
             return local
-        if self.backend == "s3":
-            return self._s3_checkpoint()
+        if self.backend is not None:
+            return self._cloud_checkpoint()
         wanted = self._wanted_files()
         raise FileNotFoundError(f"No checkpoint {' or '.join(wanted) if wanted else ''} in {self.local_dir!r}.")
 
@@ -241,47 +243,46 @@ class ModelLoadContinueTraining(AbstractCallback):
                 return os.path.join(self.local_dir, name)
         return None if self._wanted_files() else find_latest_checkpoint(self.local_dir)
 
-    def _s3_checkpoint(self) -> str:
-        from aitoolbox.cloud.AWS.s3 import list_keys
-
+    def _cloud_checkpoint(self) -> str:
+        cloud = cloud_backend(self.backend)
         bucket, cloud_prefix = self._cloud_details()
         prefix = "/".join(p for p in (cloud_prefix, self.project_name, self.folder_name, self.saved_model_dir) if p)
         wanted = self._wanted_files()
-        names = {key[len(prefix) + 1:] for key in list_keys(bucket, prefix + "/")}
+        names = {key[len(prefix) + 1:] for key in cloud.list_keys(bucket, prefix + "/")}
         if wanted is None:
             final = self._original_name(None)
-            file_name = final if final in names else latest_s3_checkpoint_file(bucket, prefix)
+            file_name = final if final in names else latest_cloud_checkpoint_file(bucket, prefix, self.backend)
         else:
             file_name = next((name for name in wanted if name in names), None)
         if file_name is None:
             raise FileNotFoundError(f"No checkpoint {' or '.join(wanted) if wanted else ''} in {self.local_dir!r} "
-                                    f"nor under s3://{bucket}/{prefix}/.")
-        return f"s3://{bucket}/{prefix}/{file_name}"
+                                    f"nor under {cloud.uri(bucket, prefix)}/.")
+        return cloud.uri(bucket, f"{prefix}/{file_name}")
 
 
-def latest_s3_checkpoint_file(bucket: str, prefix: str) -> Optional[str]:
-    """File name of the newest checkpoint under ``s3://bucket/prefix/`` (manifest, else newest object,
-    else the newest aitoolbox 1.8 ``*_E<n>.pth`` file)."""
-    from aitoolbox.cloud.AWS.s3 import download_file, get_s3_client
-
-    client = get_s3_client()
-    objects = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
-        objects.extend(page.get("Contents", []))
-    names = {obj["Key"][len(prefix) + 1:]: obj for obj in objects}
+def latest_cloud_checkpoint_file(bucket: str, prefix: str, backend: str = "s3") -> Optional[str]:
+    """File name of the newest checkpoint under ``prefix/`` in an S3 (``backend='s3'``) or GCS (``'gcs'``)
+    bucket (manifest, else newest object, else the newest aitoolbox 1.8 ``*_E<n>.pth`` file)."""
+    cloud = cloud_backend(backend)
+    names = {key[len(prefix) + 1:]: modified for key, modified in cloud.list_objects(bucket, prefix + "/")}
     if MANIFEST_FILE in names:
         with tempfile.TemporaryDirectory() as tmp_dir:
             local = os.path.join(tmp_dir, MANIFEST_FILE)
-            download_file(bucket, f"{prefix}/{MANIFEST_FILE}", local, s3_client=client)
+            cloud.download_file(bucket, f"{prefix}/{MANIFEST_FILE}", local)
             with open(local, encoding="utf-8") as f:
                 entries = json.load(f).get("checkpoints", [])
         newest = newest_entry([e for e in entries if e["file"] in names])
         if newest is not None:
             return newest["file"]
-    checkpoints = [obj for name, obj in names.items() if name.endswith(".pt") and "/" not in name]
+    checkpoints = [name for name in names if name.endswith(".pt") and "/" not in name]
     if checkpoints:
-        return max(checkpoints, key=lambda o: o["LastModified"])["Key"][len(prefix) + 1:]
+        return max(checkpoints, key=names.get)
     return newest_original_checkpoint_name([name for name in names if "/" not in name])
 
 
-__all__ = ["ModelLoadContinueTraining", "latest_s3_checkpoint_file"]
+def latest_s3_checkpoint_file(bucket: str, prefix: str) -> Optional[str]:
+    """File name of the newest checkpoint under ``s3://bucket/prefix/`` (see :func:`latest_cloud_checkpoint_file`)."""
+    return latest_cloud_checkpoint_file(bucket, prefix, "s3")
+
+
+__all__ = ["ModelLoadContinueTraining", "latest_cloud_checkpoint_file", "latest_s3_checkpoint_file"]

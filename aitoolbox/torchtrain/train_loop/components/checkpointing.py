@@ -223,22 +223,24 @@ def restore_pending_grads(loop) -> None:
 def save_checkpoint(loop, path: str) -> str:
     """Write the loop's state to ``path`` atomically (temporary file, fsync, rename).
 
-    An ``s3://bucket/key`` URI is written to a temporary local file and uploaded (waiting for it).
+    An ``s3://bucket/key`` or ``gs://bucket/key`` URI is written to a temporary local file and
+    uploaded (waiting for it).
     """
-    from aitoolbox.cloud.AWS.s3 import is_s3_uri, parse_s3_uri, upload_file
+    from aitoolbox.cloud.backends import backend_for_uri
 
-    if not is_s3_uri(path):
+    cloud = backend_for_uri(path)
+    if cloud is None:
         return atomic_torch_save(loop.state_dict(), path)
-    bucket, key = parse_s3_uri(path)
+    bucket, key = cloud.parse_uri(path)
     with tempfile.TemporaryDirectory() as tmp_dir:
         local_path = os.path.join(tmp_dir, "checkpoint.pt")
         torch.save(loop.state_dict(), local_path)
-        upload_file(local_path, bucket, key)
+        cloud.upload_file(local_path, bucket, key)
     return path
 
 
 def load_checkpoint(loop, path: str) -> None:
-    """Load a checkpoint from a local path or an ``s3://bucket/key`` URI into ``loop``.
+    """Load a checkpoint from a local path or an ``s3://`` / ``gs://`` URI into ``loop``.
 
     Read onto the CPU: RNG states must stay CPU tensors; the model and optimizers copy their
     states to their own devices.
@@ -247,17 +249,18 @@ def load_checkpoint(loop, path: str) -> None:
 
 
 def read_checkpoint(path: str, map_location=None) -> dict:
-    """``torch.load(path, weights_only=True)``; an ``s3://`` URI is downloaded first."""
-    from aitoolbox.cloud.AWS.s3 import download_file, is_s3_uri, parse_s3_uri
+    """``torch.load(path, weights_only=True)``; an ``s3://`` or ``gs://`` URI is downloaded first."""
+    from aitoolbox.cloud.backends import backend_for_uri
 
-    if not is_s3_uri(path):
+    cloud = backend_for_uri(path)
+    if cloud is None:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No checkpoint file at {path!r}.")
         return safe_torch_load(path, map_location)
-    bucket, key = parse_s3_uri(path)
+    bucket, key = cloud.parse_uri(path)
     with tempfile.TemporaryDirectory() as tmp_dir:
         local_path = os.path.join(tmp_dir, os.path.basename(key) or "checkpoint.pt")
-        download_file(bucket, key, local_path)
+        cloud.download_file(bucket, key, local_path)
         return safe_torch_load(local_path, map_location, shown_path=path)
 
 
