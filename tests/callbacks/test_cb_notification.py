@@ -1,8 +1,6 @@
 """EmailNotification / SESSender against moto's SES server on loopback, and LogUpload into S3."""
 import email
-import json
 import os
-import urllib.request
 import uuid
 
 import pytest
@@ -29,11 +27,18 @@ def ses_identity(moto_server):
 
 
 def sent_messages(moto_server, recipient):
-    """The raw emails the SES server recorded for ``recipient``, parsed, in sending order."""
-    with urllib.request.urlopen(f"{moto_server.endpoint_url}/moto-api/data.json", timeout=10) as response:
-        data = json.load(response)
-    raw = [m for m in data["ses"]["RawMessage"] if recipient in m["destinations"]]
-    return [(m["source"], email.message_from_string(m["raw_data"])) for m in raw]
+    """The raw emails the SES server recorded for ``recipient``, parsed, in sending order.
+
+    The server (moto's ThreadedMotoServer) runs in this process, so its SES backend - what the
+    HTTP endpoint answered - can be read directly. (Its ``/moto-api/data.json`` dump also lists
+    them, but fails with HTTP 500 once other services hold state it cannot serialise.)
+    """
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ses.models import ses_backends
+
+    raw = [m for m in ses_backends[DEFAULT_ACCOUNT_ID][REGION].sent_messages
+           if recipient in m.destinations and hasattr(m, "raw_data")]
+    return [(m.source, email.message_from_string(m.raw_data)) for m in raw]
 
 
 def html_body(message) -> str:
