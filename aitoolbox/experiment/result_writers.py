@@ -112,11 +112,26 @@ def plot_metric(metric_name: str, values: Sequence[float], path: str, file_forma
     Raises:
         ImportError: matplotlib is not installed.
     """
+    return save_figure(metric_figure(metric_name, values), path, file_format)
+
+
+def new_figure(figsize=(6, 4)) -> Any:
+    """A matplotlib ``Figure`` on the Agg canvas (object API: no pyplot, no global backend change).
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6, 4))
+    figure = Figure(figsize=figsize)
     FigureCanvasAgg(figure)
+    return figure
+
+
+def metric_figure(metric_name: str, values: Sequence[float]) -> Any:
+    """The figure of one metric over the epochs (see :func:`plot_metric`)."""
+    figure = new_figure()
     axes = figure.add_subplot(1, 1, 1)
     axes.plot(range(1, len(values) + 1), values, marker="o" if len(values) < 30 else None)
     axes.set_xlabel("epoch")
@@ -124,6 +139,11 @@ def plot_metric(metric_name: str, values: Sequence[float], path: str, file_forma
     axes.set_title(metric_name)
     axes.grid(True, alpha=0.3)
     figure.tight_layout()
+    return figure
+
+
+def save_figure(figure: Any, path: str, file_format: str = "png") -> str:
+    """Save a figure to ``path`` atomically; returns ``path``."""
     with atomic_write_path(path) as tmp_path:
         figure.savefig(tmp_path, format=file_format)
     return path
