@@ -118,8 +118,9 @@ def test_end_auto_eval_invalid(value):
 
 
 def test_missing_train_loader():
-    with pytest.raises(ValueError, match="train_loader is None"):
-        _loop(train_loader=None)
+    loop = _loop(train_loader=None)  # allowed: a loop for prediction only (as in the original)
+    with pytest.raises(ValueError, match="train_loader is None: fit"):
+        loop.fit(num_epochs=1)
 
 
 def test_callback_that_is_not_a_callback():

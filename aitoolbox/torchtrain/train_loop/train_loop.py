@@ -63,10 +63,11 @@ class TrainLoop:
     Args:
         model: a ``TTModel``, a ``ModelWrap`` or a plain ``nn.Module`` (fed ``(*inputs, target)``
             batches like ``TTBasicModel``).
-        train_loader: loader of the training set.
+        train_loader: loader of the training set; None for a loop that only predicts / evaluates
+            (``fit`` then raises).
         validation_loader: loader of the validation set, or None.
         test_loader: loader of the test set, or None.
-        optimizer: a ``torch.optim.Optimizer`` or a ``MultiOptimizer``.
+        optimizer: a ``torch.optim.Optimizer`` or a ``MultiOptimizer``; None for prediction only.
         criterion: the loss module handed to the model's ``get_loss``, or a ``MultiLoss`` / None
             when the model computes its losses itself.
         collate_batch_pred_fn: ``fn(batch_pred, all_preds)`` collecting batch predictions.
@@ -113,7 +114,8 @@ class TrainLoop:
         self.module, self.feed_def = split_model(model)
         self.feed = self.strategy.setup_model(self.module, self.feed_def)
         self.amp_handler = AmpHandler(use_amp, self.device)
-        self.optimizers = list(optimizer) if isinstance(optimizer, MultiOptimizer) else [optimizer]
+        self.optimizers = (list(optimizer) if isinstance(optimizer, MultiOptimizer)
+                           else [] if optimizer is None else [optimizer])
         self._optimizer_indices = range(len(self.optimizers))
 
         self.train_history = TrainingHistory(has_validation=validation_loader is not None,

@@ -14,11 +14,14 @@ def validate_init_args(model, train_loader, validation_loader, test_loader, opti
                        end_auto_eval, use_amp, torch_compile) -> None:
     """Check the TrainLoop constructor's arguments.
 
+    ``train_loader`` and ``optimizer`` may be None (a loop built for prediction / evaluation only,
+    as in the original aitoolbox); :func:`validate_fit_args` requires them.
+
     Raises:
         TypeError, ValueError: naming the offending argument and the fix.
     """
     _check_loaders(train_loader, validation_loader, test_loader)
-    if not isinstance(optimizer, (torch.optim.Optimizer, MultiOptimizer)):
+    if optimizer is not None and not isinstance(optimizer, (torch.optim.Optimizer, MultiOptimizer)):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer or a MultiOptimizer, got "
                         f"{type(optimizer).__name__}.")
     if isinstance(end_auto_eval, bool):
@@ -33,8 +36,6 @@ def validate_init_args(model, train_loader, validation_loader, test_loader, opti
 
 
 def _check_loaders(train_loader, validation_loader, test_loader) -> None:
-    if train_loader is None:
-        raise ValueError("train_loader is None: the TrainLoop needs a DataLoader of the training set.")
     for name, loader in (("train_loader", train_loader), ("validation_loader", validation_loader),
                          ("test_loader", test_loader)):
         if loader is not None and not hasattr(loader, "__iter__"):
@@ -59,7 +60,18 @@ def validate_fit_args(loop, num_epochs, num_iterations, callbacks, grad_accumula
     if callbacks is not None and not isinstance(callbacks, (list, tuple)):
         raise TypeError(f"callbacks must be a list of AbstractCallback objects, got "
                         f"{type(callbacks).__name__}.")
+    _check_can_train(loop.train_loader, loop.optimizer)
     _check_train_length(loop.train_loader)
+
+
+def _check_can_train(train_loader, optimizer) -> None:
+    """A loop built for prediction only (no train_loader / optimizer) cannot be fitted."""
+    if train_loader is None:
+        raise ValueError("train_loader is None: fit() needs a DataLoader of the training set. Pass "
+                         "train_loader=DataLoader(...) to the TrainLoop (None is fine for prediction only).")
+    if optimizer is None:
+        raise ValueError("optimizer is None: fit() needs a torch.optim.Optimizer or a MultiOptimizer. Pass "
+                         "optimizer=... to the TrainLoop (None is fine for prediction only).")
 
 
 def _check_train_length(train_loader) -> None:
