@@ -51,7 +51,7 @@ class ValidationAccuracy(AbstractCallback):
     def on_epoch_end(self):
         y_pred, y_true, _ = self.train_loop_obj.predict_on_validation_set()
         accuracy = (y_pred == y_true).double().mean().item()
-        self.train_loop_obj.insert_metric_result_into_history("val_accuracy", accuracy)
+        self.train_loop_obj.insert_metric_result_into_history("val_Accuracy", accuracy)
         if self.train_loop_obj.is_main_process():
             logger.info("epoch %d: validation accuracy %.4f over %d samples",
                         self.train_loop_obj.epoch + 1, accuracy, len(y_true))

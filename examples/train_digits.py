@@ -46,11 +46,11 @@ class ValidationAccuracy(AbstractCallback):
         y_pred, y_true, _ = self.train_loop_obj.predict_on_validation_set()
         results = ClassificationResultPackage()
         results.prepare_result_package(y_true, y_pred)
-        accuracy = results.get_results()["accuracy"]
-        self.train_loop_obj.insert_metric_result_into_history("val_accuracy", accuracy)
+        accuracy = results.get_results()["Accuracy"]
+        self.train_loop_obj.insert_metric_result_into_history("val_Accuracy", accuracy)
         loop = self.train_loop_obj
         print(f"epoch {loop.epoch + 1:2d}  val_loss {loop.train_history['val_loss'][-1]:.4f}  "
-              f"val_accuracy {accuracy:.4f}")
+              f"val_Accuracy {accuracy:.4f}")
 
 
 def make_loaders(batch_size: int = 64):
@@ -76,8 +76,8 @@ def main(epochs: int = 15) -> float:
     loop.fit(num_epochs=epochs, callbacks=[ValidationAccuracy(), CosineWithWarmupScheduler(num_warmup_steps=20)])
     y_pred, y_true, _ = loop.predict_on_test_set()
     test_accuracy = (y_pred == y_true).double().mean().item()
-    print(f"test accuracy {test_accuracy:.4f}  (final val_accuracy "
-          f"{loop.train_history['val_accuracy'][-1]:.4f})")
+    print(f"test accuracy {test_accuracy:.4f}  (final val_Accuracy "
+          f"{loop.train_history['val_Accuracy'][-1]:.4f})")
     return test_accuracy
 
 

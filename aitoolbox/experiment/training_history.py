@@ -1,26 +1,38 @@
 """The training history: metric name -> list of values, one per evaluation."""
 from __future__ import annotations
 
+import copy
+import logging
 from typing import Dict, Iterator, List, Union
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingHistory:
     """Dict-like record of every loss and metric over the training run.
 
-    Starts with the keys ``loss``, ``accumulated_loss``, ``val_loss`` and ``train_end_test_loss``.
+    Starts with the keys ``loss`` and ``accumulated_loss`` (and ``val_loss`` with validation);
+    other keys, e.g. ``train_end_test_loss``, appear when first written.
     A dict-valued result ``{'a': 1., 'b': 2.}`` under ``name`` is stored as ``name_a``, ``name_b``.
+
+    ``history[name] = value`` appends ``value`` to ``name``'s list; ``history + {name: value}``
+    returns a copy with the values appended, ``history += {name: value}`` appends in place.
 
     Args:
         has_validation: include the ``val_loss`` key from the start.
-        has_test: include the ``train_end_test_loss`` key from the start.
+        strict_content_check: problems (an empty history asked for, records of different
+            lengths) raise ValueError instead of logging a warning.
+        has_test: accepted for backward compatibility; ``train_end_test_loss`` always appears
+            only when written.
     """
 
-    def __init__(self, has_validation: bool = True, has_test: bool = True):
+    def __init__(self, has_validation: bool = True, strict_content_check: bool = False,
+                 has_test: bool = False):
         self.train_history: Dict[str, List] = {"loss": [], "accumulated_loss": []}
         if has_validation:
             self.train_history["val_loss"] = []
-        if has_test:
-            self.train_history["train_end_test_loss"] = []
+        self.strict_content_check = strict_content_check
+        self.empty_train_history = {k: [] for k in self.train_history}
 
     def insert_single_result_into_history(self, metric_name: str,
                                           metric_result: Union[float, dict]) -> None:
@@ -36,7 +48,14 @@ class TrainingHistory:
         return self.train_history
 
     def get_train_history_dict(self, flatten_dict: bool = False) -> Dict[str, List]:
-        """A copy of the history; ``flatten_dict`` drops the keys with no values."""
+        """A copy of the history; ``flatten_dict`` drops the keys with no values.
+
+        Raises:
+            ValueError: If the history is still empty and ``strict_content_check`` is True
+                (otherwise a warning is logged).
+        """
+        if self.strict_content_check and not any(self.train_history.values()):
+            self.warn_about_result_data_problem("Train History dict is empty")
         return {k: list(v) for k, v in self.train_history.items() if v or not flatten_dict}
 
     def get_last(self, metric_name: str, default=None):
@@ -60,8 +79,52 @@ class TrainingHistory:
     def __getitem__(self, metric_name: str) -> List:
         return self.train_history[metric_name]
 
-    def __setitem__(self, metric_name: str, values: List) -> None:
-        self.train_history[metric_name] = list(values)
+    def __setitem__(self, metric_name: str, metric_result) -> None:
+        """Append ``metric_result`` to ``metric_name`` (as ``insert_single_result_into_history``)."""
+        self.insert_single_result_into_history(metric_name, metric_result)
+
+    def add_history_dict(self, other: Dict[str, Union[float, dict]]) -> None:
+        """Append each ``{name: value}`` of ``other`` to the history.
+
+        Raises:
+            TypeError: If ``other`` is not a dict.
+        """
+        if not isinstance(other, dict):
+            raise TypeError(f"Only a {{metric_name: value}} dict adds to a TrainingHistory, "
+                            f"got {type(other).__name__}")
+        for name, value in other.items():
+            self.insert_single_result_into_history(name, value)
+
+    def __add__(self, other: Dict[str, Union[float, dict]]) -> "TrainingHistory":
+        combined = copy.deepcopy(self)
+        combined.add_history_dict(other)
+        return combined
+
+    __radd__ = __add__
+
+    def __iadd__(self, other: Dict[str, Union[float, dict]]) -> "TrainingHistory":
+        self.add_history_dict(other)
+        return self
+
+    def qa_check_history_records(self) -> None:
+        """Warn (or raise, if strict) when the records are not all of the same length.
+
+        Raises:
+            ValueError: On a mismatch, if ``strict_content_check`` is True.
+        """
+        lengths = {name: len(values) for name, values in self.train_history.items()}
+        if len(set(lengths.values())) > 1:
+            self.warn_about_result_data_problem(f"Train history records differ in length: {lengths}")
+
+    def warn_about_result_data_problem(self, msg: str) -> None:
+        """Log ``msg`` as a warning, or raise it if ``strict_content_check`` is True.
+
+        Raises:
+            ValueError: If ``strict_content_check`` is True.
+        """
+        if self.strict_content_check:
+            raise ValueError(msg)
+        logger.warning(msg)
 
     def __contains__(self, metric_name: str) -> bool:
         return metric_name in self.train_history

@@ -76,5 +76,5 @@ def test_save_best_model_best_weights_survive_a_checkpoint(tmp_path):
 def test_save_best_model_warns_when_the_metric_never_comes():
     loop = make_loop()
     with LogCapture() as logs:
-        loop.fit(num_epochs=1, callbacks=[SaveBestModel(monitor="val_accuracy")])
-    assert "'val_accuracy' never got a value" in logs.text()
+        loop.fit(num_epochs=1, callbacks=[SaveBestModel(monitor="val_Accuracy")])
+    assert "'val_Accuracy' never got a value" in logs.text()

@@ -151,8 +151,8 @@ def test_regression_metrics_match_sklearn(seed):
     mae = MeanAbsoluteErrorMetric(torch.tensor(y_true), y_pred[:, None])
     assert mse.get_metric() == pytest.approx(skm.mean_squared_error(y_true, y_pred))
     assert mae.get_metric() == pytest.approx(skm.mean_absolute_error(y_true, y_pred))
-    assert mse.get_metric_dict() == {"mse": mse.get_metric()}
-    assert mae.get_metric_dict() == {"mae": mae.get_metric()}
+    assert mse.get_metric_dict() == {"Mean_squared_error": mse.get_metric()}
+    assert mae.get_metric_dict() == {"Mean_absolute_error": mae.get_metric()}
 
 
 def test_multi_output_regression_matches_sklearn():
@@ -164,12 +164,12 @@ def test_multi_output_regression_matches_sklearn():
 
 def test_results_are_python_floats_and_named():
     y_true, scores = binary_data(0)
-    for metric, name in [(AccuracyMetric(y_true, scores, positive_class_thresh=0.5), "accuracy"),
-                         (PrecisionMetric(y_true, scores, 0.5), "precision"),
-                         (RecallMetric(y_true, scores, 0.5), "recall"),
-                         (F1ScoreMetric(y_true, scores, 0.5), "f1"),
-                         (ROCAUCMetric(y_true, scores), "roc_auc"),
-                         (PrecisionRecallCurveAUCMetric(y_true, scores), "pr_auc")]:
+    for metric, name in [(AccuracyMetric(y_true, scores, positive_class_thresh=0.5), "Accuracy"),
+                         (PrecisionMetric(y_true, scores, 0.5), "Precision"),
+                         (RecallMetric(y_true, scores, 0.5), "Recall"),
+                         (F1ScoreMetric(y_true, scores, 0.5), "F1_score"),
+                         (ROCAUCMetric(y_true, scores), "ROC_AUC"),
+                         (PrecisionRecallCurveAUCMetric(y_true, scores), "PrecisionRecall_AUC")]:
         assert type(metric.get_metric()) is float
         assert list(metric.get_metric_dict()) == [name]
         assert str(metric).startswith(f"{name}: ")

@@ -53,14 +53,7 @@ def test_classification_package_keys_and_values(seed):
     y_true, scores = multiclass_data(seed)
     y_pred = scores.argmax(axis=1)
     results = prepared(ClassificationResultPackage(), y_true, scores).get_results()
-    assert list(results) == ["accuracy", "precision", "recall", "f1"]
-    assert results["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
-    assert results["precision"] == pytest.approx(
-        skm.precision_score(y_true, y_pred, average="macro", zero_division=0))
-    assert results["recall"] == pytest.approx(
-        skm.recall_score(y_true, y_pred, average="macro", zero_division=0))
-    assert results["f1"] == pytest.approx(
-        skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
+    assert results == {"Accuracy": pytest.approx(skm.accuracy_score(y_true, y_pred))}
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -70,11 +63,11 @@ def test_binary_package_keys_and_values(seed, thresh):
     y_pred = (scores >= thresh).astype(int)
     package = BinaryClassificationResultPackage(positive_class_thresh=thresh)
     results = prepared(package, y_true, scores).get_results()
-    assert list(results) == ["accuracy", "roc_auc", "pr_auc", "f1"]
-    assert results["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
-    assert results["roc_auc"] == pytest.approx(skm.roc_auc_score(y_true, scores))
-    assert results["pr_auc"] == pytest.approx(skm.average_precision_score(y_true, scores))
-    assert results["f1"] == pytest.approx(skm.f1_score(y_true, y_pred, zero_division=0))
+    assert list(results) == ["Accuracy", "ROC_AUC", "PrecisionRecall_AUC", "F1_score"]
+    assert results["Accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
+    assert results["ROC_AUC"] == pytest.approx(skm.roc_auc_score(y_true, scores))
+    assert results["PrecisionRecall_AUC"] == pytest.approx(skm.average_precision_score(y_true, scores))
+    assert results["F1_score"] == pytest.approx(skm.f1_score(y_true, y_pred, zero_division=0))
 
 
 def test_binary_package_accepts_two_column_torch_probabilities():
@@ -88,16 +81,16 @@ def test_binary_package_accepts_two_column_torch_probabilities():
 def test_regression_package_keys_and_values():
     y_true, y_pred = regression_data()
     results = prepared(RegressionResultPackage(), y_true, y_pred).get_results()
-    assert list(results) == ["mse", "mae"]
-    assert results["mse"] == pytest.approx(skm.mean_squared_error(y_true, y_pred))
-    assert results["mae"] == pytest.approx(skm.mean_absolute_error(y_true, y_pred))
+    assert list(results) == ["Mean_squared_error", "Mean_absolute_error"]
+    assert results["Mean_squared_error"] == pytest.approx(skm.mean_squared_error(y_true, y_pred))
+    assert results["Mean_absolute_error"] == pytest.approx(skm.mean_absolute_error(y_true, y_pred))
 
 
 def test_general_package_runs_given_metrics():
     y_true, y_pred = regression_data(1)
     package = prepared(GeneralResultPackage([MeanSquaredErrorMetric]), y_true, y_pred)
     assert package.get_results() == {
-        "mse": pytest.approx(skm.mean_squared_error(y_true, y_pred))}
+        "Mean_squared_error": pytest.approx(skm.mean_squared_error(y_true, y_pred))}
 
 
 def test_general_package_rejects_bad_metrics_list():
@@ -109,7 +102,7 @@ def test_general_package_rejects_bad_metrics_list():
 
 def test_general_package_duplicate_metric_names_raise():
     package = GeneralResultPackage([AccuracyMetric, AccuracyMetric])
-    with pytest.raises(ValueError, match="'accuracy'"):
+    with pytest.raises(ValueError, match="'Accuracy'"):
         package.prepare_result_package([0, 1], [0, 1])
 
 
@@ -120,10 +113,12 @@ def test_results_are_plain_floats_and_json_serialisable():
     assert json.loads(json.dumps(results)) == results
 
 
-def test_get_results_before_prepare_raises_clearly():
+def test_get_results_before_prepare_warns_or_raises_when_strict(caplog):
     package = RegressionResultPackage()
+    assert package.get_results() is None
+    assert "call prepare_result_package" in caplog.text
     with pytest.raises(ValueError, match="call prepare_result_package"):
-        package.get_results()
+        RegressionResultPackage(strict_content_check=True).get_results()
     assert len(package) == 0
     assert "not prepared" in str(package)
 
@@ -133,65 +128,74 @@ def test_accessors_after_prepare():
     hyper = {"lr": 0.1}
     package = prepared(RegressionResultPackage(), y_true, y_pred, hyperparameters=hyper,
                        additional_results={"extra": 1})
+    assert package.additional_results == {"additional_results": {"extra": 1}}
     assert package.get_hyperparameters() == hyper
     assert package.get_additional_results_dump_paths() is None
-    assert package.list_result_names() == ["mse", "mae"]
+    assert package.list_result_names() == ["Mean_squared_error", "Mean_absolute_error"]
     assert len(package) == 2
     text = str(package)
-    assert "RegressionResult" in text and "mse:" in text and "mae:" in text
+    assert text.startswith("Mean_squared_error: ") and "\nMean_absolute_error: " in text and "Mean_absolute_error:" in text
 
 
 def test_get_results_returns_a_copy():
     package = prepared(RegressionResultPackage(), *regression_data())
-    package.get_results()["mse"] = -1.0
-    assert package.get_results()["mse"] >= 0
+    package.get_results()["Mean_squared_error"] = -1.0
+    assert package.get_results()["Mean_squared_error"] >= 0
 
 
-def test_adding_packages_merges_results():
+def test_adding_packages_nests_results_per_package():
     reg = prepared(RegressionResultPackage(), *regression_data())
     extra = PreCalculatedResultPackage({"loss": 0.25})
     combined = reg + extra
     assert isinstance(combined, MultipleResultPackageWrapper)
-    assert combined.get_results() == {**reg.get_results(), "loss": 0.25}
-    assert len(combined) == 3
+    assert combined.get_results() == {"RegressionResult": reg.get_results(),
+                                      "PreCalculatedResult": {"loss": 0.25}}
+    assert len(combined) == 2  # packages held
+    assert combined.result_packages[0] is not reg  # copies
 
 
-def test_sum_and_chained_add_flatten():
+def test_sum_and_chained_add_keep_every_package():
     a = PreCalculatedResultPackage({"a": 1.0})
     b = PreCalculatedResultPackage({"b": 2.0})
     c = PreCalculatedResultPackage({"c": 3.0})
     chained = a + b + c
     assert len(chained.result_packages) == 3
-    assert sum([a, b, c]).get_results() == {"a": 1.0, "b": 2.0, "c": 3.0}
+    expected = {"PreCalculatedResult": {"a": 1.0}, "PreCalculatedResult1": {"b": 2.0},
+                "PreCalculatedResult2": {"c": 3.0}}
+    assert chained.get_results() == expected
+    assert sum([a, b, c]).get_results() == expected
 
 
-def test_add_with_key_clash_raises_naming_key():
+def test_in_place_add_with_key_clash_raises_naming_key():
     a = PreCalculatedResultPackage({"acc": 1.0, "x": 0.0})
-    b = PreCalculatedResultPackage({"acc": 0.5})
     with pytest.raises(ValueError, match="'acc'"):
-        a + b
+        a += PreCalculatedResultPackage({"acc": 0.5})
 
 
 def test_add_non_package_is_type_error():
     with pytest.raises(TypeError):
         PreCalculatedResultPackage({"a": 1.0}) + 5
+    with pytest.raises(ValueError):  # the original's error type too
+        PreCalculatedResultPackage({"a": 1.0}) + 5
 
 
-def test_unprepared_wrapper_prepares_inner_packages():
+def test_constructor_wrapper_prepares_inner_packages_nested():
     y_true, scores = binary_data(2)
-    wrapper = BinaryClassificationResultPackage() + GeneralResultPackage([MeanSquaredErrorMetric])
-    with pytest.raises(ValueError, match="call prepare_result_package"):
-        wrapper.get_results()
+    wrapper = MultipleResultPackageWrapper([BinaryClassificationResultPackage(),
+                                            GeneralResultPackage([MeanSquaredErrorMetric])])
+    assert wrapper.get_results() is None
     wrapper.prepare_result_package(y_true, scores)
-    assert list(wrapper.get_results()) == ["accuracy", "roc_auc", "pr_auc", "f1", "mse"]
-    assert wrapper.get_results()["roc_auc"] == pytest.approx(skm.roc_auc_score(y_true, scores))
+    results = wrapper.get_results()
+    assert list(results) == ["BinaryClassificationResult", "GeneralResultPackage"]
+    assert list(results["BinaryClassificationResult"]) == ["Accuracy", "ROC_AUC", "PrecisionRecall_AUC",
+                                                           "F1_score"]
+    assert results["BinaryClassificationResult"]["ROC_AUC"] == pytest.approx(skm.roc_auc_score(y_true, scores))
+    assert list(results["GeneralResultPackage"]) == ["Mean_squared_error"]
 
 
-def test_unprepared_wrapper_clash_raises_on_prepare():
-    wrapper = GeneralResultPackage([ROCAUCMetric]) + BinaryClassificationResultPackage()
-    y_true, scores = binary_data(1)
-    with pytest.raises(ValueError, match="'roc_auc'"):
-        wrapper.prepare_result_package(y_true, scores)
+def test_adding_unprepared_package_raises():
+    with pytest.raises(ValueError, match="call prepare_result_package"):
+        BinaryClassificationResultPackage() + GeneralResultPackage([MeanSquaredErrorMetric])
 
 
 def test_length_mismatch_raises_naming_arguments():
@@ -210,8 +214,8 @@ def test_precalculated_package_converts_numpy_values():
     package = PreCalculatedResultPackage({"a": np.float32(0.5), "per_class": {"x": np.int64(2)}},
                                          hyperparameters={"bs": 8})
     results = package.get_results()
-    assert results == {"a": 0.5, "per_class": {"x": 2.0}}
-    assert type(results["a"]) is float and type(results["per_class"]["x"]) is float
+    assert results == {"a": 0.5, "per_class": {"x": 2}}
+    assert type(results["a"]) is float and type(results["per_class"]["x"]) is int
     assert package.get_hyperparameters() == {"bs": 8}
 
 

@@ -87,8 +87,8 @@ def test_plateau_scheduler_on_validation_loss_uses_the_cache():
 
 
 def test_plateau_metric_scheduler_needs_the_metric():
-    with pytest.raises(ValueError, match="'val_accuracy' is not in the training history"):
-        _fit(ReduceLROnPlateauMetricScheduler("val_accuracy", mode="max"), num_epochs=1)
+    with pytest.raises(ValueError, match="'val_Accuracy' is not in the training history"):
+        _fit(ReduceLROnPlateauMetricScheduler("val_Accuracy", mode="max"), num_epochs=1)
 
 
 def test_scheduler_picks_optimizer_of_multioptimizer_and_state_is_checkpointed():

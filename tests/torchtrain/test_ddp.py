@@ -236,7 +236,7 @@ def test_tracking_loop_saves_once_with_exact_results(tmp_path, no_master_env):
     assert {"checkpoint_model/model_epoch_2.pt", "model/model.pt", "results/results.json"} <= files
     assert os.listdir(os.path.join(str(tmp_path), "proj")) == [os.path.basename(exp)]  # one experiment
     with open(os.path.join(exp, "results", "results.json")) as f:
-        accuracy = json.load(f)["validation"]["accuracy"]
+        accuracy = json.load(f)["validation"]["Accuracy"]
     y_pred, y_true, _ = loop.predict_on_validation_set()  # the parent, with the weights it got back
     assert accuracy == pytest.approx((y_pred.argmax(1) == y_true).double().mean().item())
 

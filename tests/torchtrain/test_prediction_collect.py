@@ -343,10 +343,11 @@ def test_loop_with_custom_collate_and_transform_functions():
     val = DataLoader(make_data(23), batch_size=10)
     y_pred, y_true, _ = _loop(val, collate_batch_pred_fn=append_concat_predictions,
                               pred_transform_fn=keep_list_transf).predict_on_validation_set()
-    assert type(y_pred) is list and len(y_pred) == 23 and all(p.shape == (3,) for p in y_pred)
-    assert torch.equal(torch.stack(y_true), make_data(23).tensors[1])
+    # tensor batches are appended whole (as the original aitoolbox does): one item per batch
+    assert type(y_pred) is list and [p.shape for p in y_pred] == [(10, 3), (10, 3), (3, 3)]
+    assert torch.equal(torch.cat(y_true), make_data(23).tensors[1])
     ref, _, _ = _loop(val).predict_on_validation_set()
-    assert torch.equal(torch.stack(y_pred), ref)
+    assert torch.equal(torch.cat(y_pred), ref)
 
 
 class _EditingCallback(AbstractCallback):

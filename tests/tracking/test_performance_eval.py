@@ -38,14 +38,14 @@ class HandAccuracy(AbstractCallback):
         self.values.append(hand_accuracy(loop.model, loop.validation_loader))
 
 
-def test_val_accuracy_in_history_equals_hand_computed():
+def test_val_Accuracy_in_history_equals_hand_computed():
     loop = TrainLoop(*loop_args(), show_progress=False)
     hand = HandAccuracy()
     loop.fit(num_epochs=3, callbacks=[ModelPerformanceEvaluation(ClassificationResultPackage(), {}), hand])
-    assert loop.train_history["val_accuracy"] == hand.values
+    assert loop.train_history["val_Accuracy"] == hand.values
     assert len(set(hand.values)) > 1 or hand.values[0] not in (0.0, 1.0)
     assert {"val_precision", "val_recall", "val_f1"} <= set(loop.train_history.keys())
-    assert "train_accuracy" not in loop.train_history
+    assert "train_Accuracy" not in loop.train_history
 
 
 def test_train_and_val_with_frequency_and_shared_prediction_cache():
@@ -61,8 +61,8 @@ def test_train_and_val_with_frequency_and_shared_prediction_cache():
     evaluation = ModelPerformanceEvaluation(ClassificationResultPackage(), {"a": 1}, on_train_data=True,
                                             eval_frequency=2)
     loop.fit(num_epochs=4, callbacks=[evaluation, ModelPerformanceEvaluation(ClassificationResultPackage(), {})])
-    assert len(loop.train_history["train_accuracy"]) == 2  # epochs 2 and 4
-    assert len(loop.train_history["val_accuracy"]) == 2 + 4  # both callbacks write val_accuracy
+    assert len(loop.train_history["train_Accuracy"]) == 2  # epochs 2 and 4
+    assert len(loop.train_history["val_Accuracy"]) == 2 + 4  # both callbacks write val_Accuracy
     assert calls.count("validation") == 4  # one prediction pass per epoch, shared by both callbacks
     assert calls.count("train") == 2
 
@@ -71,7 +71,7 @@ def test_evaluation_at_train_end_only():
     loop = TrainLoop(*loop_args(), show_progress=False)
     loop.fit(num_epochs=2, callbacks=[ModelPerformanceEvaluation(ClassificationResultPackage(), {},
                                                                  on_each_epoch=False)])
-    assert len(loop.train_history["val_accuracy"]) == 1
+    assert len(loop.train_history["val_Accuracy"]) == 1
 
 
 def test_evaluation_bad_input():
@@ -91,9 +91,9 @@ def test_print_report(caplog):
     loop = TrainLoop(*loop_args(), show_progress=False)
     with caplog.at_level(logging.INFO, logger="aitoolbox"):
         loop.fit(num_epochs=2, callbacks=[ModelPerformanceEvaluation(ClassificationResultPackage(), {}),
-                                          ModelPerformancePrintReport(["val_accuracy"], list_tracked_metrics=True)])
+                                          ModelPerformancePrintReport(["val_Accuracy"], list_tracked_metrics=True)])
     reports = [r.getMessage() for r in caplog.records if "performance report" in r.getMessage()]
-    assert len(reports) == 2 and f"val_accuracy: {loop.train_history['val_accuracy'][-1]}" in reports[-1]
+    assert len(reports) == 2 and f"val_Accuracy: {loop.train_history['val_Accuracy'][-1]}" in reports[-1]
     with pytest.raises(KeyError, match="val_missing"):
         TrainLoop(*loop_args(), show_progress=False).fit(
             num_epochs=1, callbacks=[ModelPerformancePrintReport(["val_missing"])])
@@ -103,8 +103,8 @@ def test_metric_history_rename_and_formatter():
     loop = TrainLoop(*loop_args(), show_progress=False)
     doubled = TrainHistoryFormatter(lambda history: history["loss"][-1], lambda v: ("double_loss", 2 * v))
     loop.fit(num_epochs=2, callbacks=[ModelPerformanceEvaluation(ClassificationResultPackage(), {}),
-                                      MetricHistoryRename("val_accuracy", "accuracy"), doubled])
-    assert loop.train_history["accuracy"] == loop.train_history["val_accuracy"]
+                                      MetricHistoryRename("val_Accuracy", "accuracy"), doubled])
+    assert loop.train_history["accuracy"] == loop.train_history["val_Accuracy"]
     assert loop.train_history["double_loss"] == [2 * v for v in loop.train_history["loss"]]
     with pytest.raises(KeyError, match="not found"):
         TrainLoop(*loop_args(), show_progress=False).fit(num_epochs=1,

@@ -73,7 +73,7 @@ def test_checkpoint_end_save_local_tree(tmp_path):
     assert plots == {f"results/plots/{m}.png" for m in ("loss", "accumulated_loss", "val_loss", "train_end_test_loss")}
     with open(os.path.join(exp, "results", "results.json")) as f:
         results = json.load(f)
-    assert set(results["validation"]) == {"accuracy", "precision", "recall", "f1"}
+    assert set(results["validation"]) == {"Accuracy"}
     assert results["hyperparameters"] == hyperparams
     assert results["final_metrics"]["loss"] == loop.train_history["loss"][-1]
     with open(os.path.join(exp, "results", "train_history.csv")) as f:

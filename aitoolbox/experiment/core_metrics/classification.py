@@ -169,7 +169,7 @@ class AccuracyMetric(_LabelMetric):
         y_predicted: ArrayLike,
         positive_class_thresh: Optional[float] = None,
     ) -> None:
-        super().__init__(y_true, y_predicted, "accuracy", positive_class_thresh)
+        super().__init__(y_true, y_predicted, "Accuracy", positive_class_thresh)
 
     def calculate_metric(self) -> float:
         """Compute the accuracy.
@@ -206,7 +206,7 @@ class PrecisionMetric(_LabelMetric):
         positive_class_thresh: Optional[float] = None,
         average: str = "macro",
     ) -> None:
-        super().__init__(y_true, y_predicted, "precision", positive_class_thresh, average)
+        super().__init__(y_true, y_predicted, "Precision", positive_class_thresh, average)
 
     def calculate_metric(self) -> float:
         """Compute the precision.
@@ -242,7 +242,7 @@ class RecallMetric(_LabelMetric):
         positive_class_thresh: Optional[float] = None,
         average: str = "macro",
     ) -> None:
-        super().__init__(y_true, y_predicted, "recall", positive_class_thresh, average)
+        super().__init__(y_true, y_predicted, "Recall", positive_class_thresh, average)
 
     def calculate_metric(self) -> float:
         """Compute the recall.
@@ -278,7 +278,7 @@ class F1ScoreMetric(_LabelMetric):
         positive_class_thresh: Optional[float] = None,
         average: str = "macro",
     ) -> None:
-        super().__init__(y_true, y_predicted, "f1", positive_class_thresh, average)
+        super().__init__(y_true, y_predicted, "F1_score", positive_class_thresh, average)
 
     def calculate_metric(self) -> float:
         """Compute the F1 score.
@@ -333,7 +333,7 @@ class ROCAUCMetric(AbstractBaseMetric):
     """
 
     def __init__(self, y_true: ArrayLike, y_predicted: ArrayLike) -> None:
-        super().__init__(y_true, y_predicted, metric_name="roc_auc")
+        super().__init__(y_true, y_predicted, metric_name="ROC_AUC")
 
     def calculate_metric(self) -> float:
         """Compute the ROC AUC.
@@ -369,7 +369,7 @@ class PrecisionRecallCurveAUCMetric(AbstractBaseMetric):
     """
 
     def __init__(self, y_true: ArrayLike, y_predicted: ArrayLike) -> None:
-        super().__init__(y_true, y_predicted, metric_name="pr_auc")
+        super().__init__(y_true, y_predicted, metric_name="PrecisionRecall_AUC")
 
     def calculate_metric(self) -> float:
         """Compute the average precision.

@@ -38,7 +38,7 @@ class MeanSquaredErrorMetric(AbstractBaseMetric):
     """
 
     def __init__(self, y_true: ArrayLike, y_predicted: ArrayLike) -> None:
-        super().__init__(y_true, y_predicted, metric_name="mse")
+        super().__init__(y_true, y_predicted, metric_name="Mean_squared_error")
 
     def calculate_metric(self) -> float:
         """Compute the mean squared error.
@@ -62,7 +62,7 @@ class MeanAbsoluteErrorMetric(AbstractBaseMetric):
     """
 
     def __init__(self, y_true: ArrayLike, y_predicted: ArrayLike) -> None:
-        super().__init__(y_true, y_predicted, metric_name="mae")
+        super().__init__(y_true, y_predicted, metric_name="Mean_absolute_error")
 
     def calculate_metric(self) -> float:
         """Compute the mean absolute error.

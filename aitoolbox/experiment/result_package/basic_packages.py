@@ -1,15 +1,13 @@
 """Ready-made result packages for classification and regression."""
 
 import logging
-from typing import List, Sequence, Type
+from typing import Any, List, Sequence, Type
 
 from aitoolbox.experiment.core_metrics.abstract_metric import AbstractBaseMetric
 from aitoolbox.experiment.core_metrics.classification import (
     AccuracyMetric,
     F1ScoreMetric,
-    PrecisionMetric,
     PrecisionRecallCurveAUCMetric,
-    RecallMetric,
     ROCAUCMetric,
 )
 from aitoolbox.experiment.core_metrics.regression import (
@@ -35,6 +33,7 @@ class GeneralResultPackage(AbstractResultPackage):
             :class:`~aitoolbox.experiment.core_metrics.abstract_metric.AbstractBaseMetric`.
         strict_content_check: If True, bad results raise instead of warn.
         pkg_name: Name of the package.
+        **kwargs: Package metadata.
 
     Raises:
         ValueError: If ``metrics_list`` is empty.
@@ -46,8 +45,9 @@ class GeneralResultPackage(AbstractResultPackage):
         metrics_list: Sequence[Type[AbstractBaseMetric]],
         strict_content_check: bool = False,
         pkg_name: str = "GeneralResultPackage",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(pkg_name, strict_content_check, np_array=True)
+        super().__init__(pkg_name, strict_content_check, np_array=True, **kwargs)
         if not metrics_list:
             raise ValueError("metrics_list is empty: give at least one metric class")
         for metric in metrics_list:
@@ -69,37 +69,37 @@ class GeneralResultPackage(AbstractResultPackage):
 
 
 class ClassificationResultPackage(AbstractResultPackage):
-    """Multi-class results: ``accuracy``, ``precision``, ``recall``, ``f1``.
+    """Multi-class results: ``Accuracy`` (as in the original aitoolbox).
 
-    Precision, recall and F1 are macro-averaged over the classes present in
-    y_true or y_predicted. 2-D predictions (N, C) are reduced by argmax.
+    2-D predictions (N, C) are reduced by argmax. For precision, recall or F1
+    use ``GeneralResultPackage([AccuracyMetric, PrecisionMetric, RecallMetric,
+    F1ScoreMetric])``.
 
     Args:
         strict_content_check: If True, bad results raise instead of warn.
         pkg_name: Name of the package.
+        **kwargs: Package metadata.
     """
 
     def __init__(
         self,
         strict_content_check: bool = False,
         pkg_name: str = "ClassificationResult",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(pkg_name, strict_content_check, np_array=True)
+        super().__init__(pkg_name, strict_content_check, np_array=True, **kwargs)
 
     def prepare_results_dict(self) -> ResultsDict:
-        """Compute the four classification metrics.
+        """Compute the accuracy.
 
         Returns:
-            Dict with keys ``accuracy``, ``precision``, ``recall``, ``f1``.
+            Dict with the key ``Accuracy``.
         """
-        metrics = (AccuracyMetric, PrecisionMetric, RecallMetric, F1ScoreMetric)
-        return merge_results(
-            [m(self.y_true, self.y_predicted).get_metric_dict() for m in metrics]
-        )
+        return AccuracyMetric(self.y_true, self.y_predicted).get_metric_dict()
 
 
 class BinaryClassificationResultPackage(AbstractResultPackage):
-    """Binary results: ``accuracy``, ``roc_auc``, ``pr_auc``, ``f1``.
+    """Binary results: ``Accuracy``, ``ROC_AUC``, ``PrecisionRecall_AUC``, ``F1_score``.
 
     ROC AUC and PR AUC (average precision) use the raw scores. Accuracy and
     F1 use labels from thresholding the scores; F1 is that of class 1.
@@ -108,6 +108,7 @@ class BinaryClassificationResultPackage(AbstractResultPackage):
         positive_class_thresh: Scores at or above this are predicted as class 1.
         strict_content_check: If True, bad results raise instead of warn.
         pkg_name: Name of the package.
+        **kwargs: Package metadata.
     """
 
     def __init__(
@@ -115,15 +116,16 @@ class BinaryClassificationResultPackage(AbstractResultPackage):
         positive_class_thresh: float = 0.5,
         strict_content_check: bool = False,
         pkg_name: str = "BinaryClassificationResult",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(pkg_name, strict_content_check, np_array=True)
+        super().__init__(pkg_name, strict_content_check, np_array=True, **kwargs)
         self.positive_class_thresh = positive_class_thresh
 
     def prepare_results_dict(self) -> ResultsDict:
         """Compute the four binary classification metrics.
 
         Returns:
-            Dict with keys ``accuracy``, ``roc_auc``, ``pr_auc``, ``f1``.
+            Dict with keys ``Accuracy``, ``ROC_AUC``, ``PrecisionRecall_AUC``, ``F1_score``.
 
         Raises:
             ValueError: If y_true is not binary 0/1 or lacks one of the classes.
@@ -139,25 +141,27 @@ class BinaryClassificationResultPackage(AbstractResultPackage):
 
 
 class RegressionResultPackage(AbstractResultPackage):
-    """Regression results: ``mse`` and ``mae``.
+    """Regression results: ``Mean_squared_error`` and ``Mean_absolute_error``.
 
     Args:
         strict_content_check: If True, bad results raise instead of warn.
         pkg_name: Name of the package.
+        **kwargs: Package metadata.
     """
 
     def __init__(
         self,
         strict_content_check: bool = False,
         pkg_name: str = "RegressionResult",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(pkg_name, strict_content_check, np_array=True)
+        super().__init__(pkg_name, strict_content_check, np_array=True, **kwargs)
 
     def prepare_results_dict(self) -> ResultsDict:
         """Compute the regression metrics.
 
         Returns:
-            Dict with keys ``mse`` and ``mae``.
+            Dict with keys ``Mean_squared_error`` and ``Mean_absolute_error``.
         """
         metrics = (MeanSquaredErrorMetric, MeanAbsoluteErrorMetric)
         return merge_results(

@@ -17,7 +17,7 @@ def infer_greater_is_better(metric_name: str) -> bool:
     """Whether a larger value of ``metric_name`` is better: False for loss-like names.
 
     Args:
-        metric_name: a training-history key, e.g. ``'val_loss'`` or ``'val_accuracy'``.
+        metric_name: a training-history key, e.g. ``'val_loss'`` or ``'val_Accuracy'``.
 
     Returns:
         False when the name contains a loss-like fragment (:data:`LOSS_LIKE_NAMES`), else True.

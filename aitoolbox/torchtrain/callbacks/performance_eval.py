@@ -112,7 +112,7 @@ class ModelPerformancePrintReport(AbstractCallback):
     """Log the latest values of chosen history metrics (main process only).
 
     Args:
-        metrics: history metric names, e.g. ``['val_accuracy', 'val_loss']``.
+        metrics: history metric names, e.g. ``['val_Accuracy', 'val_loss']``.
         on_each_epoch: report at every epoch end; False: once, at the end of training.
         report_frequency: with ``on_each_epoch``, report every this many epochs.
         strict_metric_reporting: a metric missing from the history raises; False logs a warning.
@@ -327,7 +327,7 @@ class TrainHistoryFormatter(AbstractCallback):
 
 
 class MetricHistoryRename(TrainHistoryFormatter):
-    """Copy the latest value of a history metric under a new name, e.g. ``val_accuracy`` -> ``acc``.
+    """Copy the latest value of a history metric under a new name, e.g. ``val_Accuracy`` -> ``acc``.
 
     Args:
         input_metric_path: the history metric; ``'metric/key/...'`` reads into a dict value.

@@ -21,7 +21,7 @@ class SaveBestModel(AbstractCallback):
     a run resumed from a checkpoint still ends with the best weights of the whole run.
 
     Args:
-        monitor: training-history key, e.g. ``'val_loss'`` or ``'val_accuracy'``.
+        monitor: training-history key, e.g. ``'val_loss'`` or ``'val_Accuracy'``.
         greater_is_better: direction; None: loss-like names are minimised, others maximised.
         load_at_end: load the best weights into the model when training ends.
         min_delta: minimal absolute change that counts as an improvement.

@@ -145,7 +145,7 @@ class ReduceLROnPlateauMetricScheduler(GeneralLRSchedulerCallback):
     """``ReduceLROnPlateau`` on the latest value of a training-history metric.
 
     Args:
-        metric_name: history key, e.g. ``'val_accuracy'`` (set ``mode='max'`` for such metrics).
+        metric_name: history key, e.g. ``'val_Accuracy'`` (set ``mode='max'`` for such metrics).
         optimizer_idx: which optimizer of a ``MultiOptimizer`` to schedule.
         execution_order: keep it above the callback that writes the metric.
     """

@@ -118,8 +118,7 @@ class TrainLoop:
                            else [] if optimizer is None else [optimizer])
         self._optimizer_indices = range(len(self.optimizers))
 
-        self.train_history = TrainingHistory(has_validation=validation_loader is not None,
-                                             has_test=test_loader is not None)
+        self.train_history = TrainingHistory(has_validation=validation_loader is not None)
         self.callbacks_handler = CallbacksHandler(self)
         self.message_service = MessageService()
         self.prediction_store = PredictionStore()

@@ -18,8 +18,16 @@ def append_predictions(y_batch: Any, predictions: List[Any]) -> List[Any]:
 
 
 def append_concat_predictions(y_batch: Any, predictions: List[Any]) -> List[Any]:
-    """Extend the list of all predictions with one batch given as a list."""
-    predictions.extend(y_batch if isinstance(y_batch, list) else list(y_batch))
+    """Add one batch to the list of all predictions: a list batch is concatenated, anything else appended.
+
+    A list (e.g. of strings or of per-example outputs) extends ``predictions`` item by item; a
+    tensor or numpy array batch is appended whole, as :func:`append_predictions` does, so that
+    :func:`torch_cat_transf` can concatenate the batches at the end.
+    """
+    if isinstance(y_batch, list):
+        predictions += y_batch
+    else:
+        predictions.append(y_batch)
     return predictions
 
 
