@@ -2,6 +2,8 @@
 
 * :class:`TTModel` - an ``nn.Module`` that also implements ``get_loss`` and ``get_predictions``.
 * :class:`TTBasicModel` - a ``TTModel`` with both ready-made for ``(*inputs, target)`` batches.
+* :class:`TTBasicMultiGPUModel` / :class:`MultiGPUModelWrap` - the loss computed inside ``forward``,
+  so that under DataParallel each GPU computes its share of it.
 * :class:`ModelWrap` - a plain ``nn.Module`` plus an
   :class:`~aitoolbox.torchtrain.data.batch_model_feed_defs.AbstractModelFeedDefinition`.
 * A plain ``nn.Module`` is accepted too and fed like ``TTBasicModel``.
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from aitoolbox.torchtrain.data.batch_model_feed_defs import (
-    AbstractModelFeedDefinition, BasicModelFeedDefinition)
+    AbstractModelFeedDefinition, BasicModelFeedDefinition, move_to_device)
 
 
 class TTModel(nn.Module):
@@ -88,11 +90,64 @@ class ModelWrap:
         self.batch_model_feed_def = batch_model_feed_def
 
 
-class MultiGPUModelWrap(ModelWrap):
-    """``ModelWrap`` whose model is (or will be) wrapped in DataParallel / DDP by the TrainLoop.
+class TTBasicMultiGPUModel(TTBasicModel):
+    """``TTBasicModel`` whose loss is computed inside ``forward``, on every GPU (the original's class).
 
-    Kept for compatibility: ``ModelWrap`` already works in every ``gpu_mode``.
+    ``get_loss`` calls ``self(*inputs, targets=targets, criterion=criterion)``: under
+    ``gpu_mode='dp'`` DataParallel scatters the inputs *and the targets*, and each replica returns
+    its loss, so that only the losses (not the outputs) are gathered on the first GPU. The
+    per-replica losses are combined into the batch's loss, each weighted by its share of the batch.
+    ``get_predictions`` is ``TTBasicModel``'s (``forward`` without a criterion). ``forward`` must
+    follow this signature::
+
+        def forward(self, *inputs, targets=None, criterion=None):
+            predictions = ...
+            return criterion(predictions, targets) if criterion is not None else predictions
     """
+
+    def get_loss(self, batch_data, criterion, device):
+        *inputs, targets = [move_to_device(data, device) for data in batch_data]
+        loss = self(*inputs, targets=targets, criterion=criterion)
+        return combine_replica_losses(loss, targets)
+
+
+def combine_replica_losses(loss, targets):
+    """One loss from the per-replica losses that DataParallel gathered into a vector.
+
+    Replica ``i`` saw the ``i``-th chunk of the batch (``targets.chunk(n)``); its loss is weighted
+    by the chunk's size. A scalar loss (one device) is returned as it is.
+    """
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 1 or not isinstance(targets, torch.Tensor):
+        return loss
+    sizes = [len(chunk) for chunk in targets.chunk(len(loss))]
+    if len(sizes) != len(loss):
+        return loss.mean()
+    weights = torch.tensor(sizes, dtype=loss.dtype, device=loss.device)
+    return (loss * weights).sum() / weights.sum()
+
+
+class MultiGPUModelWrap(TTBasicMultiGPUModel):
+    """Any ``nn.Module`` made a :class:`TTBasicMultiGPUModel`: the loss is computed on the GPUs.
+
+    Args:
+        model: a module whose ``forward`` returns predictions (batches ``(*inputs, target)``).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"MultiGPUModelWrap model must be a torch.nn.Module, got {type(model).__name__}.")
+        self.model = model
+
+    def forward(self, *input_data, targets=None, criterion=None):
+        """The wrapped model's predictions, or ``criterion(predictions, targets)`` when given a criterion."""
+        predictions = self.model(*input_data)
+        if criterion is not None:
+            return criterion(predictions, targets)
+        return predictions
 
 
 class ModelFeed:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import types
-from typing import Any
+from typing import Any, Sequence
 
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -68,15 +68,36 @@ def _user_function(cls: type, name: str):
     return None
 
 
-class _TTWrapperMixin:
-    """``get_loss`` / ``get_loss_eval`` / ``get_predictions`` of the wrapped TTModel, through a view."""
+_DEFAULT_MODEL_METHODS = ("get_loss", "get_loss_eval", "get_predictions")
 
-    module: nn.Module
+
+class TTParallelBase:
+    """The ``TTModel`` contract on a parallel wrapper: the wrapped model's methods and attributes.
+
+    ``get_loss`` / ``get_loss_eval`` / ``get_predictions`` run the wrapped model's own methods with
+    ``self`` a :class:`ModuleView`, so that ``self(...)`` inside them runs the wrapper. Any other
+    method the user's model class defines (``wrapper.my_helper()``) and any public attribute of the
+    model (``wrapper.some_setting``) are reachable on the wrapper too, always the model's current
+    value (the original aitoolbox copied ``transfer_model_attributes`` once, at wrapping time).
+
+    Base of :class:`TTDataParallel` and :class:`TTDistributedDataParallel`; usable alone around a
+    ``TTModel`` as well (then ``self(...)`` calls the model itself).
+
+    Args:
+        module: the ``TTModel`` to expose.
+        default_model_methods: the contract methods (kept for the original's signature).
+    """
+
+    def __init__(self, module: nn.Module, default_model_methods: Sequence[str] = _DEFAULT_MODEL_METHODS):
+        if not isinstance(self, nn.Module):
+            self.module = module  # an nn.Module wrapper registered it as its submodule already
+        self.default_model_methods = tuple(default_model_methods)
 
     @property
     def model_view(self) -> ModuleView:
         """The wrapped model as its methods see it: calls run this wrapper."""
-        return ModuleView(self, self.module)
+        module = self.module
+        return ModuleView(self if isinstance(self, nn.Module) else module, module)
 
     def get_loss(self, batch_data, criterion, device):
         """The wrapped model's ``get_loss`` with ``self(...)`` running through this wrapper."""
@@ -90,28 +111,51 @@ class _TTWrapperMixin:
         """The wrapped model's ``get_predictions`` with ``self(...)`` running through this wrapper."""
         return self.model_view.get_predictions(batch_data, device)
 
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)  # nn.Module's: parameters, buffers, submodules
+        except AttributeError:
+            pass
+        module = _wrapped_module(self)
+        if module is not None and not name.startswith("_"):
+            if _user_function(type(module), name) is not None or name in vars(module):
+                return getattr(self.model_view, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-class TTDataParallel(_TTWrapperMixin, nn.DataParallel):
+
+def _wrapped_module(wrapper) -> Any:
+    """The wrapped model, read without recursing into ``__getattr__`` (None while being built)."""
+    state = vars(wrapper)
+    return state.get("_modules", {}).get("module", state.get("module"))
+
+
+class TTDataParallel(TTParallelBase, nn.DataParallel):
     """``nn.DataParallel`` for a ``TTModel``: its ``get_loss`` / ``get_predictions`` run through DP.
 
     Without visible GPUs DataParallel simply calls the module.
 
     Args:
         module: the ``TTModel`` to wrap.
+        default_model_methods: see :class:`TTParallelBase`.
         **kwargs: arguments of ``torch.nn.DataParallel`` (``device_ids``, ``output_device``, ``dim``).
     """
 
-    def __init__(self, module: nn.Module, **kwargs: Any):
-        super().__init__(module, **kwargs)
+    def __init__(self, module: nn.Module, default_model_methods: Sequence[str] = _DEFAULT_MODEL_METHODS,
+                 **kwargs: Any):
+        nn.DataParallel.__init__(self, module, **kwargs)
+        TTParallelBase.__init__(self, module, default_model_methods)
 
 
-class TTDistributedDataParallel(_TTWrapperMixin, DistributedDataParallel):
+class TTDistributedDataParallel(TTParallelBase, DistributedDataParallel):
     """``DistributedDataParallel`` for a ``TTModel``: ``self(...)`` in its methods synchronises gradients.
 
     Args:
         module: the ``TTModel`` to wrap.
+        default_model_methods: see :class:`TTParallelBase`.
         **kwargs: arguments of ``torch.nn.parallel.DistributedDataParallel``.
     """
 
-    def __init__(self, module: nn.Module, **kwargs: Any):
-        super().__init__(module, **kwargs)
+    def __init__(self, module: nn.Module, default_model_methods: Sequence[str] = _DEFAULT_MODEL_METHODS,
+                 **kwargs: Any):
+        DistributedDataParallel.__init__(self, module, **kwargs)
+        TTParallelBase.__init__(self, module, default_model_methods)

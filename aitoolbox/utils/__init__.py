@@ -1,1 +1,1 @@
-"""Small utilities shared across the package."""
+"""Small utilities shared across the package (``dict_util``, ``file_system``, ``util``, ``io`` ...)."""

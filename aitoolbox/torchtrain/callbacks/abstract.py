@@ -113,3 +113,12 @@ class AbstractCallback:
 
         Use it to save what must not be lost (e.g. an emergency checkpoint). It must not raise.
         """
+
+
+def __getattr__(name: str):
+    # AbstractExperimentCallback lives in experiment_base (which imports this module): re-exported
+    # lazily here, at the original aitoolbox's path.
+    if name == "AbstractExperimentCallback":
+        from aitoolbox.torchtrain.callbacks.experiment_base import AbstractExperimentCallback
+        return AbstractExperimentCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
