@@ -44,8 +44,9 @@ def test_val_Accuracy_in_history_equals_hand_computed():
     loop.fit(num_epochs=3, callbacks=[ModelPerformanceEvaluation(ClassificationResultPackage(), {}), hand])
     assert loop.train_history["val_Accuracy"] == hand.values
     assert len(set(hand.values)) > 1 or hand.values[0] not in (0.0, 1.0)
-    assert {"val_precision", "val_recall", "val_f1"} <= set(loop.train_history.keys())
     assert "train_Accuracy" not in loop.train_history
+    # and once more at the end of training, as the original's users read it
+    assert loop.train_history["train_end_val_Accuracy"] == [hand.values[-1]]
 
 
 def test_train_and_val_with_frequency_and_shared_prediction_cache():
@@ -61,17 +62,19 @@ def test_train_and_val_with_frequency_and_shared_prediction_cache():
     evaluation = ModelPerformanceEvaluation(ClassificationResultPackage(), {"a": 1}, on_train_data=True,
                                             eval_frequency=2)
     loop.fit(num_epochs=4, callbacks=[evaluation, ModelPerformanceEvaluation(ClassificationResultPackage(), {})])
-    assert len(loop.train_history["train_Accuracy"]) == 2  # epochs 2 and 4
+    assert len(loop.train_history["train_Accuracy"]) == 2  # epochs 1 and 3 (indices 0 and 2), as the original
     assert len(loop.train_history["val_Accuracy"]) == 2 + 4  # both callbacks write val_Accuracy
+    assert len(loop.train_history["train_end_val_Accuracy"]) == 2  # both, at the end of training
     assert calls.count("validation") == 4  # one prediction pass per epoch, shared by both callbacks
-    assert calls.count("train") == 2
+    assert calls.count("train") == 3  # epochs 1 and 3, and the end of training (weights changed since)
 
 
 def test_evaluation_at_train_end_only():
     loop = TrainLoop(*loop_args(), show_progress=False)
     loop.fit(num_epochs=2, callbacks=[ModelPerformanceEvaluation(ClassificationResultPackage(), {},
                                                                  on_each_epoch=False)])
-    assert len(loop.train_history["val_Accuracy"]) == 1
+    assert "val_Accuracy" not in loop.train_history
+    assert len(loop.train_history["train_end_val_Accuracy"]) == 1
 
 
 def test_evaluation_bad_input():
@@ -93,7 +96,8 @@ def test_print_report(caplog):
         loop.fit(num_epochs=2, callbacks=[ModelPerformanceEvaluation(ClassificationResultPackage(), {}),
                                           ModelPerformancePrintReport(["val_Accuracy"], list_tracked_metrics=True)])
     reports = [r.getMessage() for r in caplog.records if "performance report" in r.getMessage()]
-    assert len(reports) == 2 and f"val_Accuracy: {loop.train_history['val_Accuracy'][-1]}" in reports[-1]
+    assert len(reports) == 3 and f"val_Accuracy: {loop.train_history['val_Accuracy'][-1]}" in reports[-2]
+    assert f"train_end_val_Accuracy: {loop.train_history['train_end_val_Accuracy'][-1]}" in reports[-1]
     with pytest.raises(KeyError, match="val_missing"):
         TrainLoop(*loop_args(), show_progress=False).fit(
             num_epochs=1, callbacks=[ModelPerformancePrintReport(["val_missing"])])

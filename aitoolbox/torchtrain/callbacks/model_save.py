@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Optional, Sequence, Union
+import shutil
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from aitoolbox.experiment import experiment_folder as ef
 from aitoolbox.experiment.checkpoint_registry import (
@@ -25,7 +26,7 @@ from aitoolbox.experiment.result_package.abstract_result_packages import Abstrac
 from aitoolbox.experiment.result_writers import plot_history, write_history_csv
 from aitoolbox.torchtrain.callbacks.experiment_base import SAVER_ORDER, AbstractExperimentCallback
 from aitoolbox.torchtrain.train_loop.components import checkpointing
-from aitoolbox.utils.io import atomic_torch_save
+from aitoolbox.utils.io import atomic_torch_save, atomic_write_path
 
 logger = logging.getLogger("aitoolbox")
 
@@ -285,6 +286,11 @@ class ModelTrainEndSave(AbstractExperimentCallback):
         loop = self.train_loop_obj
         validate_result_packages(self.val_result_package, self.test_result_package,
                                  loop.validation_loader, loop.test_loader)
+        folder = self.store.folder
+        for package in (self.val_result_package, self.test_result_package):
+            if package is not None:  # where a package writing extra files should put them
+                package.set_experiment_dir_path_for_additional_results(
+                    folder.project_name, folder.experiment_name, folder.timestamp, str(folder.root))
 
     def on_train_begin(self):
         if self.is_writer():
@@ -295,6 +301,7 @@ class ModelTrainEndSave(AbstractExperimentCallback):
         if self.is_writer():
             self.save_model()
             self.save_results(results)
+            self.save_additional_results()
             self.save_history()
             self.store.finish_run()
 
@@ -316,7 +323,7 @@ class ModelTrainEndSave(AbstractExperimentCallback):
             if package is not None:
                 y_pred, y_true, metadata = predict()
                 package.prepare_result_package(y_true, y_pred, hyperparameters=dict(self.store.hyperparams),
-                                               additional_results={"metadata": metadata})
+                                               additional_results=metadata)
                 results[name] = package.get_results()
         return results
 
@@ -336,9 +343,50 @@ class ModelTrainEndSave(AbstractExperimentCallback):
                    "final_metrics": final, "hyperparameters": self.store.hyperparams}
         return self.store.write_json(content, ef.RESULTS_DIR, RESULTS_FILE)
 
+    def save_additional_results(self) -> List[str]:
+        """Copy the result packages' extra files into ``results/`` and mirror them (see
+        :func:`save_additional_result_files`)."""
+        return save_additional_result_files(self.store, (self.val_result_package, self.test_result_package))
+
     def save_history(self) -> None:
         """Write the training history (JSON, CSV) and its plots into ``results/``."""
         save_history_files(self.store, self.train_loop_obj.train_history.get_train_history_dict())
+
+
+def save_additional_result_files(store, packages: Sequence[Optional[AbstractResultPackage]]) -> List[str]:
+    """Copy each package's ``get_additional_results_dump_paths()`` files into ``results/`` and mirror them.
+
+    Each ``[file_name, local_path]`` pair becomes ``results/<file_name>`` (a file already there is
+    only mirrored). A missing file is logged and skipped, so that the other results still get saved.
+
+    Args:
+        store: the experiment store.
+        packages: result packages (None entries are skipped).
+
+    Returns:
+        The local paths of the saved files.
+
+    Raises:
+        ValueError: a ``file_name`` that is absolute or leads out of ``results/``.
+    """
+    saved = []
+    for package in packages:
+        for file_name, source in (package.get_additional_results_dump_paths() or []) if package else ():
+            relative = os.path.normpath(file_name)
+            if os.path.isabs(relative) or relative.split(os.sep)[0] == os.pardir:
+                raise ValueError(f"{type(package).__name__}.list_additional_results_dump_paths() gave the file "
+                                 f"name {file_name!r}: it must be a path inside results/, not absolute or '..'.")
+            destination = store.local_path(ef.RESULTS_DIR, relative)
+            if not os.path.isfile(source):
+                logger.warning("Additional result file %s of %s does not exist; not saved.", source,
+                               type(package).__name__)
+                continue
+            if os.path.abspath(source) != os.path.abspath(destination):
+                os.makedirs(os.path.dirname(destination), exist_ok=True)
+                with atomic_write_path(destination) as tmp_path:
+                    shutil.copyfile(source, tmp_path)
+            saved.append(store.publish(destination))
+    return saved
 
 
 def save_history_files(store, history: Dict[str, list], file_format: str = "png", plots: bool = True) -> None:
@@ -378,4 +426,4 @@ def validate_result_packages(val_result_package, test_result_package, validation
 
 
 __all__ = ["ModelCheckpoint", "ModelIterationCheckpoint", "ModelTrainEndSave", "validate_checkpoint_args",
-           "validate_result_packages", "validate_save_frequency", "save_history_files", "save_history_plots"]
+           "validate_result_packages", "validate_save_frequency", "save_additional_result_files", "save_history_files", "save_history_plots"]

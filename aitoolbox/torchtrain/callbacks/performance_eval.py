@@ -39,7 +39,15 @@ def _check_frequency(value: Any, arg_name: str) -> Optional[int]:
 
 
 def _due(epoch_idx: int, frequency: Optional[int]) -> bool:
-    return frequency is None or (epoch_idx + 1) % frequency == 0
+    """Every ``frequency``-th epoch from the first (indices 0, f, 2f, ...), as the original."""
+    return frequency is None or epoch_idx % frequency == 0
+
+
+class MissingMetricError(KeyError, ValueError):
+    """A metric asked for is not in the training history (a KeyError, and the original's ValueError)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class ModelPerformanceEvaluation(AbstractCallback):
@@ -47,15 +55,21 @@ class ModelPerformanceEvaluation(AbstractCallback):
 
     Uses the TrainLoop's cached ``predict_on_train_set`` / ``predict_on_validation_set``, so that
     several consumers in one epoch share one prediction pass. Metrics go into the history as
-    ``train_<metric>`` and ``val_<metric>`` (a dict-valued metric as ``val_<metric>_<key>``).
+    ``train_<metric>`` and ``val_<metric>`` (e.g. ``val_Accuracy``; a dict-valued metric as
+    ``val_<metric>_<key>``). At the end of training the package is evaluated once more, into
+    ``train_end_train_<metric>`` / ``train_end_val_<metric>``.
 
     Args:
         result_package: an ``AbstractResultPackage``, e.g. ``ClassificationResultPackage()``.
         args: the hyperparameters handed to the package (not mutated).
-        on_each_epoch: evaluate at every epoch end; False: once, at the end of training.
+        on_each_epoch: evaluate at every epoch end (besides the end of training).
         on_train_data: evaluate on the training set.
         on_val_data: evaluate on the validation set.
-        eval_frequency: with ``on_each_epoch``, evaluate every this many epochs (None: every one).
+        eval_frequency: with ``on_each_epoch``, evaluate every this many epochs, starting with the
+            first (None: every one).
+        if_available_output_to_project_dir: in a tracking TrainLoop, tell the package the
+            experiment folder (``set_experiment_dir_path_for_additional_results``) so that it
+            writes its extra files inside it.
 
     Raises:
         TypeError, ValueError: invalid arguments, or (at registration) ``on_val_data`` without a
@@ -64,7 +78,7 @@ class ModelPerformanceEvaluation(AbstractCallback):
 
     def __init__(self, result_package: AbstractResultPackage, args: Optional[Dict[str, Any]],
                  on_each_epoch: bool = True, on_train_data: bool = False, on_val_data: bool = True,
-                 eval_frequency: Optional[int] = None):
+                 eval_frequency: Optional[int] = None, if_available_output_to_project_dir: bool = True):
         super().__init__("Model performance evaluation", execution_order=EVALUATION_ORDER)
         if not isinstance(result_package, AbstractResultPackage):
             raise TypeError("result_package must be an AbstractResultPackage (e.g. "
@@ -77,35 +91,61 @@ class ModelPerformanceEvaluation(AbstractCallback):
         self.args = args
         self.on_each_epoch, self.on_train_data, self.on_val_data = on_each_epoch, on_train_data, on_val_data
         self.eval_frequency = _check_frequency(eval_frequency, "eval_frequency")
+        self.if_available_output_to_project_dir = if_available_output_to_project_dir
 
     def on_train_loop_registration(self):
-        if self.on_val_data and self.train_loop_obj.validation_loader is None:
+        loop = self.train_loop_obj
+        if self.on_val_data and loop.validation_loader is None:
             raise ValueError("ModelPerformanceEvaluation(on_val_data=True) needs a validation_loader in the "
                              "TrainLoop; pass one or set on_val_data=False.")
+        experiment = _loop_experiment(loop)
+        if self.if_available_output_to_project_dir and experiment is not None:
+            for package in (self.result_package, self.train_result_package):
+                if package is not None:
+                    package.set_experiment_dir_path_for_additional_results(*experiment)
 
     def on_epoch_end(self):
         if self.on_each_epoch and _due(self.train_loop_obj.epoch, self.eval_frequency):
             self.evaluate()
 
     def on_train_end(self):
-        if not self.on_each_epoch:
-            self.evaluate()
+        self.evaluate(prefix="train_end_")
 
-    def evaluate(self) -> None:
-        """Evaluate the packages now and append their metrics to the history (every rank)."""
+    def evaluate(self, prefix: str = "") -> None:
+        """Evaluate the packages now and append their metrics to the history (every rank).
+
+        Args:
+            prefix: put before the history names, e.g. ``'train_end_'``.
+        """
         loop = self.train_loop_obj
         if self.on_train_data:
-            self._evaluate_into_history("train_", self.train_result_package, loop.predict_on_train_set)
+            self._evaluate_into_history(f"{prefix}train_", self.train_result_package, loop.predict_on_train_set,
+                                        loop.evaluate_loss_on_train_set)
         if self.on_val_data:
-            self._evaluate_into_history("val_", self.result_package, loop.predict_on_validation_set)
+            self._evaluate_into_history(f"{prefix}val_", self.result_package, loop.predict_on_validation_set,
+                                        loop.evaluate_loss_on_validation_set)
 
-    def _evaluate_into_history(self, prefix: str, package: AbstractResultPackage, predict: Callable) -> None:
+    def _evaluate_into_history(self, prefix: str, package: AbstractResultPackage, predict: Callable,
+                               evaluate_loss: Callable) -> None:
         y_pred, y_true, metadata = predict()
+        additional_results = dict(metadata) if isinstance(metadata, dict) else {}
+        if getattr(package, "requires_loss", False):
+            additional_results["loss"] = evaluate_loss(float_dict_format=True)
         hyperparameters = None if self.args is None else dict(self.args)
         package.prepare_result_package(y_true, y_pred, hyperparameters=hyperparameters,
-                                       additional_results={"metadata": metadata})
+                                       additional_results=additional_results)
         for name, value in package.get_results().items():
             self.train_loop_obj.insert_metric_result_into_history(f"{prefix}{name}", value)
+
+
+def _loop_experiment(loop) -> Optional[Tuple[str, str, str, str]]:
+    """``(project_name, experiment_name, experiment_timestamp, local_model_result_folder_path)`` of a
+    tracking TrainLoop, or None for a plain one."""
+    names = ("project_name", "experiment_name", "experiment_timestamp", "local_model_result_folder_path")
+    values = tuple(getattr(loop, name, None) for name in names)
+    if any(value is None for value in values):
+        return None
+    return tuple(str(value) for value in values)
 
 
 class ModelPerformancePrintReport(AbstractCallback):
@@ -113,9 +153,12 @@ class ModelPerformancePrintReport(AbstractCallback):
 
     Args:
         metrics: history metric names, e.g. ``['val_Accuracy', 'val_loss']``.
-        on_each_epoch: report at every epoch end; False: once, at the end of training.
-        report_frequency: with ``on_each_epoch``, report every this many epochs.
+        on_each_epoch: report at every epoch end (besides the end of training).
+        report_frequency: with ``on_each_epoch``, report every this many epochs, starting with the
+            first.
         strict_metric_reporting: a metric missing from the history raises; False logs a warning.
+            At the end of training each metric is reported as ``train_end_<metric>`` (as written
+            by ``ModelPerformanceEvaluation``), or under its own name when there is none.
         list_tracked_metrics: also log the names of every metric in the history.
 
     Raises:
@@ -127,6 +170,8 @@ class ModelPerformancePrintReport(AbstractCallback):
         super().__init__("Model performance print report", execution_order=REPORT_ORDER)
         if isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics):
             raise TypeError(f"metrics must be a list of history metric names, got {metrics!r}.")
+        if not metrics:
+            raise ValueError("metrics is empty: name at least one history metric, e.g. ['val_loss'].")
         self.metrics = list(metrics)
         self.on_each_epoch, self.report_frequency = on_each_epoch, _check_frequency(report_frequency,
                                                                                     "report_frequency")
@@ -137,42 +182,70 @@ class ModelPerformancePrintReport(AbstractCallback):
             self.report(f"Epoch {self.train_loop_obj.epoch + 1}")
 
     def on_train_end(self):
-        if not self.on_each_epoch:
-            self.report("End of training")
+        self.report("End of training", prefix="train_end_")
 
-    def report(self, title: str) -> None:
+    def report(self, title: str, prefix: str = "") -> None:
         """Log the metrics under ``title``.
 
+        Args:
+            title: the report's heading.
+            prefix: report ``<prefix><metric>`` where the history has it.
+
         Raises:
-            KeyError: a metric is missing and ``strict_metric_reporting`` is True.
+            MissingMetricError: (a KeyError and ValueError) a metric is missing and
+                ``strict_metric_reporting`` is True.
         """
         history = self.train_loop_obj.train_history
-        missing = [m for m in self.metrics if history.get_last(m) is None]
+        names = [f"{prefix}{m}" if history.get_last(f"{prefix}{m}") is not None else m for m in self.metrics]
+        missing = [m for m in names if history.get_last(m) is None]
         if missing and self.strict_metric_reporting:
-            raise KeyError(f"Metrics {missing} are not in the training history (it has {list(history.keys())}); "
-                           "evaluate them (e.g. ModelPerformanceEvaluation) or pass "
-                           "strict_metric_reporting=False.")
+            raise MissingMetricError(
+                f"Metrics {missing} are not in the training history (it has {list(history.keys())}); "
+                "evaluate them (e.g. ModelPerformanceEvaluation) or pass strict_metric_reporting=False.")
         if not self.train_loop_obj.is_main_process():
             return
         if missing:
             logger.warning("Metrics not in the training history: %s", missing)
         lines = [f"{title} performance report:"]
-        lines += [f"  {m}: {history.get_last(m)}" for m in self.metrics if m not in missing]
+        lines += [f"  {m}: {history.get_last(m)}" for m in names if m not in missing]
         if self.list_tracked_metrics:
             lines.append(f"  tracked metrics: {list(history.keys())}")
         logger.info("\n".join(lines))
 
 
-class _HistoryOutputCallback(AbstractExperimentCallback):
-    """Shared part of the history plot / file writers: when to write, and where."""
+class ModelTrainHistoryBaseCB(AbstractExperimentCallback):
+    """Base class of callbacks that write the training history out (plots, files): when, and where.
 
-    def __init__(self, callback_name: str, epoch_end: bool, train_end: bool, project_name, experiment_name,
-                 local_model_result_folder_path, cloud_save_mode, bucket_name, cloud_dir_prefix):
+    Subclasses implement :meth:`write`, writing through ``self.store`` (the experiment store) into
+    the experiment folder; it runs at every epoch end (``epoch_end``) and/or at the end of
+    training (``train_end``), on the writing process only.
+
+    Args:
+        callback_name: name of the callback.
+        execution_order: callback order; None: the writers' slot (after evaluation and reports).
+        epoch_end: write at every epoch end.
+        train_end: write at the end of training.
+        file_format: the output format, for the subclass.
+        project_name, experiment_name, local_model_result_folder_path: the experiment, as in
+            ``ModelCheckpoint``; None (all three): the TrainLoop's experiment.
+        cloud_save_mode, bucket_name, cloud_dir_prefix: as in ``ModelCheckpoint``.
+
+    Raises:
+        ValueError: both ``epoch_end`` and ``train_end`` False, or invalid experiment arguments.
+    """
+
+    def __init__(self, callback_name: str, execution_order: Optional[int] = None, epoch_end: bool = True,
+                 train_end: bool = False, file_format: str = "", project_name: Optional[str] = None,
+                 experiment_name: Optional[str] = None,
+                 local_model_result_folder_path: Optional[Union[str, os.PathLike]] = None,
+                 cloud_save_mode: Optional[str] = None, bucket_name: str = "model-result",
+                 cloud_dir_prefix: str = ""):
         if not epoch_end and not train_end:
             raise ValueError(f"{callback_name} writes nothing: set epoch_end and/or train_end.")
         super().__init__(callback_name, project_name, experiment_name, local_model_result_folder_path,
-                         None, cloud_save_mode, bucket_name, cloud_dir_prefix, execution_order=WRITER_ORDER)
-        self.epoch_end, self.train_end = epoch_end, train_end
+                         None, cloud_save_mode, bucket_name, cloud_dir_prefix,
+                         execution_order=WRITER_ORDER if execution_order is None else execution_order)
+        self.epoch_end, self.train_end, self.file_format = epoch_end, train_end, file_format
 
     def on_train_begin(self):
         if self.is_writer():
@@ -193,7 +266,7 @@ class _HistoryOutputCallback(AbstractExperimentCallback):
         raise NotImplementedError
 
 
-class ModelTrainHistoryPlot(_HistoryOutputCallback):
+class ModelTrainHistoryPlot(ModelTrainHistoryBaseCB):
     """Plot every numeric history metric into ``results/plots/<metric>.<file_format>``.
 
     matplotlib is optional: without it the plots are skipped with one log line. Without the
@@ -216,16 +289,16 @@ class ModelTrainHistoryPlot(_HistoryOutputCallback):
                  local_model_result_folder_path: Optional[Union[str, os.PathLike]] = None,
                  cloud_save_mode: Optional[str] = None, bucket_name: str = "model-result",
                  cloud_dir_prefix: str = ""):
-        super().__init__("Model train history plot", epoch_end, train_end, project_name, experiment_name,
+        super().__init__("Model train history plot", None, epoch_end, train_end,
+                         ef.validate_name(file_format, "file_format"), project_name, experiment_name,
                          local_model_result_folder_path, cloud_save_mode, bucket_name, cloud_dir_prefix)
-        self.file_format = ef.validate_name(file_format, "file_format")
 
     def write(self) -> None:
         save_history_plots(self.store, self.train_loop_obj.train_history.get_train_history_dict(),
                            self.file_format)
 
 
-class ModelTrainHistoryFileWriter(_HistoryOutputCallback):
+class ModelTrainHistoryFileWriter(ModelTrainHistoryBaseCB):
     """Write the training history to ``results/train_history.<file_format>``.
 
     Args:
@@ -247,9 +320,9 @@ class ModelTrainHistoryFileWriter(_HistoryOutputCallback):
                  cloud_dir_prefix: str = ""):
         if file_format not in HISTORY_FILE_FORMATS:
             raise ValueError(f"file_format must be one of {HISTORY_FILE_FORMATS}, got {file_format!r}.")
-        super().__init__("Model train history file writer", epoch_end, train_end, project_name, experiment_name,
-                         local_model_result_folder_path, cloud_save_mode, bucket_name, cloud_dir_prefix)
-        self.file_format = file_format
+        super().__init__("Model train history file writer", None, epoch_end, train_end, file_format,
+                         project_name, experiment_name, local_model_result_folder_path, cloud_save_mode,
+                         bucket_name, cloud_dir_prefix)
 
     def write(self) -> None:
         history = self.train_loop_obj.train_history.get_train_history_dict()
@@ -367,5 +440,6 @@ def _read_metric_path(history: Dict[str, list], path: str) -> Any:
     return value
 
 
-__all__ = ["ModelPerformanceEvaluation", "ModelPerformancePrintReport", "ModelTrainHistoryPlot",
+__all__ = ["ModelPerformanceEvaluation", "ModelPerformancePrintReport", "ModelTrainHistoryBaseCB",
+           "MissingMetricError", "ModelTrainHistoryPlot",
            "ModelTrainHistoryFileWriter", "TrainHistoryFormatter", "MetricHistoryRename", "history_to_text"]
