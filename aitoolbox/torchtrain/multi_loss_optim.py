@@ -6,6 +6,7 @@ loss names to optimizer indices explicitly.
 """
 from __future__ import annotations
 
+import copy
 from typing import Dict, Iterable, List, Mapping, Optional
 
 import torch
@@ -52,8 +53,39 @@ class MultiLoss(dict):
                 "are given. Pass a MultiOptimizer with one optimizer per loss, or a "
                 "loss_optimizer_map that maps every loss to an existing optimizer index.")
 
-    def backward(self, optimizer_idx: int, backward_fn=None) -> None:
+    @property
+    def loss_dict(self) -> "MultiLoss":
+        """The losses by name (the MultiLoss itself: it is a dict), as in aitoolbox 1.8."""
+        return self
+
+    @property
+    def optimizer_loss_map(self) -> Dict[int, str]:
+        """Optimizer index -> name of (the last) loss back-propagated for it (aitoolbox 1.8)."""
+        return {idx: name for name, idx in self.loss_optimizer_map.items()}
+
+    def get_loss_dict(self) -> Dict[str, torch.Tensor]:
+        """The losses as a plain ``{name: loss}`` dict."""
+        return dict(self)
+
+    def backward(self, optimizer_idx: int, iteration: Optional[int] = None, amp_grad_scaler=None) -> None:
         """Back-propagate the losses mapped to ``optimizer_idx``.
+
+        The TrainLoop calls this once per optimizer and batch. Override it in a subclass for a
+        custom backward: the TrainLoop then calls the override with aitoolbox 1.8's arguments.
+
+        Args:
+            optimizer_idx: which optimizer's losses to back-propagate.
+            iteration: index of the batch within the epoch (for custom logic; unused here).
+            amp_grad_scaler: object whose ``scale(loss)`` scales the loss for AMP (a
+                ``torch.amp.GradScaler``, or the AMP handler's pass-through when none is in use);
+                None: no scaling.
+        """
+        scale = amp_grad_scaler.scale if amp_grad_scaler is not None else None
+        self.backward_with(optimizer_idx, None if scale is None else
+                           (lambda loss, retain_graph: scale(loss).backward(retain_graph=retain_graph)))
+
+    def backward_with(self, optimizer_idx: int, backward_fn=None) -> None:
+        """Back-propagate the losses mapped to ``optimizer_idx`` with ``backward_fn``.
 
         Args:
             optimizer_idx: which optimizer's losses to back-propagate.
@@ -69,11 +101,22 @@ class MultiLoss(dict):
                 self[name].backward(retain_graph=retain)
             else:
                 backward_fn(self[name], retain_graph=retain)
+            self.loss_backward_remaining -= 1
+
+    @property
+    def loss_backward_remaining(self) -> int:
+        """Losses not back-propagated yet in this batch (aitoolbox 1.8's counter)."""
+        return self.__dict__.get("_loss_backward_remaining", len(self))
+
+    @loss_backward_remaining.setter
+    def loss_backward_remaining(self, value: int) -> None:
+        self.__dict__["_loss_backward_remaining"] = value
 
     def map_values(self, fn) -> "MultiLoss":
-        """A new MultiLoss with ``fn`` applied to every loss and the same optimizer map."""
-        return MultiLoss({k: fn(v) for k, v in self.items()}, self.loss_optimizer_map,
-                         self.retain_graph_until_last)
+        """A copy (of the same class, with the same attributes) with ``fn`` applied to every loss."""
+        new = copy.copy(self)
+        dict.update(new, {k: fn(v) for k, v in self.items()})
+        return new
 
     def __truediv__(self, divisor) -> "MultiLoss":
         return self.map_values(lambda v: v / divisor)
@@ -112,13 +155,37 @@ class MultiOptimizer:
                 raise TypeError(f"optimizer_list[{idx}] is a {type(opt).__name__}, not a "
                                 "torch.optim.Optimizer.")
 
-    def step(self, optimizer_idx: Optional[int] = None) -> None:
-        """Step one optimizer, or all of them when ``optimizer_idx`` is None."""
-        for opt in self._select(optimizer_idx):
-            opt.step()
+    @property
+    def optimizer_list(self) -> List[torch.optim.Optimizer]:
+        """The optimizers (aitoolbox 1.8's name)."""
+        return self.optimizer_lst
 
-    def zero_grad(self, optimizer_idx: Optional[int] = None, set_to_none: bool = True) -> None:
-        """Zero the gradients of one optimizer, or of all when ``optimizer_idx`` is None."""
+    def step(self, optimizer_idx: Optional[int] = None, iteration: Optional[int] = None,
+             amp_grad_scaler=None) -> None:
+        """Step one optimizer, or all of them when ``optimizer_idx`` is None.
+
+        Override it in a subclass for a custom step: the TrainLoop then calls the override with
+        aitoolbox 1.8's arguments ``(optimizer_idx, iteration, amp_grad_scaler)``.
+
+        Args:
+            optimizer_idx: the optimizer to step; None: all.
+            iteration: index of the batch within the epoch (for custom logic; unused here).
+            amp_grad_scaler: steps through ``amp_grad_scaler.step(optimizer)`` when given (a
+                ``torch.amp.GradScaler`` or the AMP handler's pass-through).
+        """
+        for opt in self._select(optimizer_idx):
+            if amp_grad_scaler is None:
+                opt.step()
+            else:
+                amp_grad_scaler.step(opt)
+
+    def zero_grad(self, optimizer_idx: Optional[int] = None, iteration: Optional[int] = None,
+                  set_to_none: bool = True) -> None:
+        """Zero the gradients of one optimizer, or of all when ``optimizer_idx`` is None.
+
+        Override it in a subclass for custom logic: the TrainLoop then calls the override with
+        aitoolbox 1.8's arguments ``(optimizer_idx, iteration)``.
+        """
         for opt in self._select(optimizer_idx):
             opt.zero_grad(set_to_none=set_to_none)
 

@@ -29,21 +29,27 @@ def test_function_on_train_loop_runs_at_the_selected_points_only():
     assert loop.callbacks_handler.has("on_epoch_end") and not loop.callbacks_handler.has("on_batch_end")
 
 
-def test_function_on_train_loop_needs_a_point_of_training():
-    with pytest.raises(ValueError, match="at least one"):
-        FunctionOnTrainLoop(print)
+def test_function_on_train_loop_without_a_point_of_training_runs_only_when_asked():
+    calls = []
+    callback = FunctionOnTrainLoop(calls.append)
+    assert callback.implemented_hooks() == frozenset()
+    loop = make_loop()
+    loop.fit(num_epochs=1, callbacks=[callback])
+    assert calls == []
+    callback.execute_callback()
+    assert calls == [loop]
 
 
-def test_data_subset_test_run_trains_and_evaluates_on_the_first_samples():
-    loop = make_loop(num_train=48, test=True)
+def test_data_subset_test_run_trains_and_evaluates_on_the_first_batches():
+    loop = make_loop(num_train=48, test=True)  # batches of 8
     train_sizes = []
-    callbacks = [DataSubsetTestRun(num_train_insts=10, num_val_insts=5),
+    callbacks = [DataSubsetTestRun(num_train_batches=2, num_val_batches=1),
                  FunctionOnTrainLoop(lambda lp: train_sizes.append(lp.get_num_training_steps()), train_begin=True)]
     loop.fit(num_epochs=2, callbacks=callbacks)
-    assert loop.total_iteration_idx == 4  # 2 batches of <= 8 out of 10 samples, per epoch
+    assert loop.total_iteration_idx == 4  # 2 batches per epoch
     assert train_sizes == [4]
-    assert len(loop.validation_loader.dataset) == 5 and len(loop.test_loader.dataset) == 16
-    x, y = regression_dataset(24, seed=1)[:5]
+    assert len(loop.validation_loader.dataset) == 8 and len(loop.test_loader.dataset) == 16
+    x, y = regression_dataset(24, seed=1)[:8]
     with torch.no_grad():
         expected = nn.functional.mse_loss(loop.model(x), y).item()
     assert loop.train_history["val_loss"][-1] == pytest.approx(expected, rel=1e-6)
@@ -54,15 +60,15 @@ def test_data_subset_keeps_the_loader_settings():
                         generator=torch.Generator().manual_seed(3))
     loop = make_loop()
     loop.train_loader = loader
-    DataSubsetTestRun(num_train_insts=20).register_train_loop_object(loop).on_train_loop_registration()
+    DataSubsetTestRun(num_train_batches=3).register_train_loop_object(loop)
     subset = loop.train_loader
     assert isinstance(subset.sampler, RandomSampler) and subset.drop_last and subset.batch_size == 6
-    assert subset.generator is loader.generator and len(subset) == 3
+    assert subset.generator is loader.generator and len(subset) == 3 and len(subset.dataset) == 18
 
 
-def test_data_subset_rejects_zero():
-    with pytest.raises(ValueError, match="num_train_insts"):
-        DataSubsetTestRun(num_train_insts=0)
+def test_data_subset_rejects_a_negative_count():
+    with pytest.raises(ValueError, match="num_train_batches"):
+        DataSubsetTestRun(num_train_batches=-1)
 
 
 def bn_model():

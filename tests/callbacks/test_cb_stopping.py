@@ -22,22 +22,23 @@ def run_fed(metric, values, stopper):
 
 
 @pytest.mark.parametrize("metric, values, kwargs, epochs_trained", [
-    # maximised: best 0.6 at epoch 1; epochs 2, 3 do not improve -> stop after epoch 3
-    ("val_accuracy", [0.5, 0.6, 0.6, 0.55, 0.9] + [1.0] * 5, dict(patience=2), 4),
-    # minimised, patience 0: the first epoch without improvement stops (Keras semantics)
+    # maximised: best 0.6 at epoch 1; epochs 2, 3 tolerated, epoch 4 (3rd in a row) stops
+    ("val_accuracy", [0.5, 0.6, 0.6, 0.55, 0.58, 0.9] + [1.0] * 4, dict(patience=2), 5),
+    # minimised, patience 0: the first epoch without improvement stops
     ("val_loss", [1.0, 0.9, 0.95, 0.1] + [0.0] * 6, dict(patience=0), 3),
-    # patience 1 is the same as patience 0
-    ("val_loss", [1.0, 0.9, 0.95, 0.1] + [0.0] * 6, dict(patience=1), 3),
+    # patience 1: one bad epoch is tolerated, the second in a row stops (aitoolbox 1.8)
+    ("val_loss", [1.0, 0.9, 0.95, 0.1] + [0.0] * 6, dict(patience=1), 7),
+    ("val_loss", [1.0, 0.9, 0.95, 0.96] + [0.0] * 6, dict(patience=1), 4),
     # min_delta: 0.97 is not better than 1.0 by more than 0.05
     ("val_loss", [1.0, 0.97, 0.5] + [0.0] * 7, dict(patience=0, min_delta=0.05), 2),
-    # an improvement resets the counter: bad at 2, good at 3, bad at 4, 5 -> stop after 5
-    ("val_loss", [1.0, 0.8, 0.9, 0.7, 0.75, 0.72, 0.1, 0.1, 0.1, 0.1], dict(patience=2), 6),
+    # an improvement resets the counter: bad at 2, good at 3, bad at 4, 5, 6 -> stop after 6
+    ("val_loss", [1.0, 0.8, 0.9, 0.7, 0.75, 0.72, 0.71, 0.1, 0.1, 0.1], dict(patience=2), 7),
     # explicit direction overrides the name
     ("val_loss", [1.0, 2.0, 3.0, 2.5] + [9.0] * 6, dict(patience=0, greater_is_better=True), 4),
     # always improving: never stops
     ("val_loss", [10.0 - i for i in range(10)], dict(patience=0), NUM_EPOCHS),
     # NaN never improves
-    ("val_loss", [1.0, float("nan"), float("nan")] + [0.0] * 7, dict(patience=2), 3),
+    ("val_loss", [1.0] + [float("nan")] * 3 + [0.0] * 6, dict(patience=2), 4),
 ])
 def test_early_stopping_stops_after_the_right_epoch(metric, values, kwargs, epochs_trained):
     stopper = EarlyStopping(monitor=metric, **kwargs)
@@ -63,7 +64,7 @@ def test_early_stopping_on_real_val_loss_with_lr_that_diverges():
 
 
 def test_early_stopping_state_survives_a_checkpoint(tmp_path):
-    values = [1.0, 0.9, 0.95, 0.96, 0.97, 0.98] + [0.0] * 4  # stops after epoch 4 with patience 3
+    values = [1.0, 0.9, 0.95, 0.96, 0.97, 0.98] + [0.0] * 4  # stops after epoch 5 with patience 3
     path = str(tmp_path / "ckpt.pt")
     saver = Recorder("on_epoch_end", lambda loop: loop.save_checkpoint(path) if loop.epoch == 2 else None)
     loop = make_loop(end_auto_eval=False, num_train=16)
@@ -71,7 +72,7 @@ def test_early_stopping_state_survives_a_checkpoint(tmp_path):
     resumed = make_loop(end_auto_eval=False, num_train=16).load_checkpoint(path)
     stopper = EarlyStopping(patience=3)
     resumed.fit(num_epochs=NUM_EPOCHS, callbacks=[HistoryFeeder("val_loss", values), stopper])
-    assert stopper.wait == 3 and resumed.epoch == 5  # 1 bad epoch before the checkpoint + 2 after
+    assert stopper.wait == 4 and resumed.epoch == 6  # 1 bad epoch before the checkpoint + 3 after
 
 
 def test_early_stopping_warns_about_a_missing_metric():
@@ -82,9 +83,11 @@ def test_early_stopping_warns_about_a_missing_metric():
 
 @pytest.mark.parametrize("values, kwargs, epochs_trained", [
     ([0.9, 0.8, 1.2] + [0.1] * 7, dict(threshold=1.0), 3),           # first value above 1.0 stops
-    ([0.9, 1.2, 0.8, 1.3, 1.4, 0.1] + [0.1] * 4, dict(threshold=1.0, patience=2), 5),
+    ([0.9, 1.2, 0.8, 1.3, 1.4, 0.1] + [0.1] * 4, dict(threshold=1.0, patience=2), NUM_EPOCHS),
+    ([0.9, 1.2, 0.8, 1.3, 1.4, 1.5] + [0.1] * 4, dict(threshold=1.0, patience=2), 6),
+    ([1.0] * 10, dict(threshold=1.0), NUM_EPOCHS),                   # equal to the threshold is fine
     ([0.5] * 10, dict(threshold=1.0), NUM_EPOCHS),
-    ([0.5, 0.85, 0.95] + [1.0] * 7, dict(threshold=0.9, greater_is_better=True, patience=2), 2),
+    ([0.5, 0.85, 0.8, 0.95] + [1.0] * 6, dict(threshold=0.9, greater_is_better=True, patience=2), 3),
     ([0.5, 0.95, 0.85, 0.99] + [1.0] * 6, dict(threshold=0.9, greater_is_better=True, patience=2), NUM_EPOCHS),
 ])
 def test_threshold_early_stopping(values, kwargs, epochs_trained):

@@ -3,7 +3,7 @@
 A callback overrides any of the hooks below; it is subscribed to exactly the hooks its class
 overrides. Hooks, in the order the TrainLoop calls them::
 
-    on_train_loop_registration()           when registered with the TrainLoop
+    on_train_loop_registration()           when registered (by register_train_loop_object)
     on_multiprocess_start()                in each DDP process, before training
     on_train_begin()
     for each epoch:
@@ -54,9 +54,16 @@ class AbstractCallback:
         self.message_service = None
 
     def register_train_loop_object(self, train_loop_obj) -> "AbstractCallback":
-        """Attach the callback to a TrainLoop (called by the TrainLoop)."""
+        """Attach the callback to a TrainLoop and call :meth:`on_train_loop_registration`.
+
+        Called by the TrainLoop's callbacks handler.
+
+        Returns:
+            self.
+        """
         self.train_loop_obj = train_loop_obj
         self.message_service = train_loop_obj.message_service
+        self.on_train_loop_registration()
         return self
 
     @classmethod
@@ -91,7 +98,12 @@ class AbstractCallback:
         """Called before each training batch."""
 
     def on_after_gradient_update(self, optimizer_idx: int):
-        """Called when gradients are ready, before the optimizer ``optimizer_idx`` steps."""
+        """Called when gradients are ready, before the optimizer ``optimizer_idx`` steps.
+
+        Called whenever a callback implements it (setting ``train_loop_obj.grad_cb_used = True``,
+        as aitoolbox 1.8 required, is allowed and not needed). With gradient accumulation it runs
+        once per optimizer step, on the accumulated gradients.
+        """
 
     def on_after_optimizer_step(self):
         """Called after every real optimizer step (all optimizers stepped, scaler updated)."""

@@ -6,6 +6,7 @@ the epoch. Callbacks that only report log on the main process.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable, Dict, Optional
 
@@ -27,8 +28,8 @@ class _MetricStopper(AbstractCallback):
         monitor: training-history key to watch.
         greater_is_better: direction; None infers it from the name.
         min_delta: minimal change that counts as an improvement.
-        patience: consecutive bad evaluations after which training stops (0 and 1 both stop at
-            the first one, as in Keras).
+        patience: bad evaluations in a row that are tolerated: training stops at the
+            ``patience + 1``-th one (``patience=0`` stops at the first), as in aitoolbox 1.8.
         execution_order: keep it above the callbacks that write ``monitor``.
     """
 
@@ -41,12 +42,28 @@ class _MetricStopper(AbstractCallback):
         self.patience = patience
         self.wait = 0  # consecutive bad evaluations so far
         self.stopped_epoch: Optional[int] = None
+        self.best_epoch = 0  # epoch of the best value so far
         self._warned_missing = False
 
     @property
     def monitor(self) -> str:
         """The watched history key."""
         return self.watcher.monitor
+
+    @property
+    def min_delta(self) -> float:
+        """Minimal change that counts as an improvement."""
+        return self.watcher.min_delta
+
+    @property
+    def patience_count(self) -> int:
+        """Bad evaluations still tolerated (aitoolbox 1.8's counter): below 0 once stopped."""
+        return self.patience - self.wait
+
+    @property
+    def best_performance(self) -> Optional[float]:
+        """The best value of ``monitor`` so far (None before the first one)."""
+        return self.watcher.best
 
     def is_good(self, value: float) -> bool:
         """Whether ``value`` resets the patience counter (implemented by subclasses)."""
@@ -61,7 +78,7 @@ class _MetricStopper(AbstractCallback):
             self.wait = 0
             return
         self.wait += 1
-        if self.wait >= max(self.patience, 1):
+        if self.wait > self.patience:
             self._stop(value)
 
     def _stop(self, value: float) -> None:
@@ -80,24 +97,27 @@ class _MetricStopper(AbstractCallback):
                                  f"history (keys: {list(self.train_loop_obj.train_history.keys())}).")
 
     def state_dict(self) -> dict:
-        return {"watcher": self.watcher.state_dict(), "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+        return {"watcher": self.watcher.state_dict(), "wait": self.wait, "stopped_epoch": self.stopped_epoch,
+                "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state: dict) -> None:
         self.watcher.load_state_dict(state["watcher"])
         self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
+        self.best_epoch = state.get("best_epoch", 0)
 
 
 class EarlyStopping(_MetricStopper):
-    """Stop training when a history metric has stopped improving (Keras semantics).
+    """Stop training when a history metric has stopped improving.
 
     At the end of every epoch in which ``monitor`` got a new value, the value is compared with
-    the best so far. Training stops after ``patience`` consecutive values without an improvement
-    of more than ``min_delta`` (``patience=0`` stops at the first one).
+    the best so far. ``patience`` values in a row without an improvement of more than
+    ``min_delta`` are tolerated; the next one stops training (``patience=0`` stops at the first
+    value that does not improve, ``patience=2`` at the third in a row), as in aitoolbox 1.8.
 
     Args:
         monitor: training-history key, e.g. ``'val_loss'`` or ``'val_accuracy'``.
         min_delta: minimal absolute change that counts as an improvement.
-        patience: number of epochs without improvement after which training stops.
+        patience: epochs without improvement that are tolerated before training stops.
         greater_is_better: direction; None: loss-like names are minimised, others maximised.
         execution_order: keep it above the callbacks that compute ``monitor``.
     """
@@ -109,6 +129,7 @@ class EarlyStopping(_MetricStopper):
     def is_good(self, value: float) -> bool:
         if self.watcher.is_improvement(value):
             self.watcher.best = value
+            self.best_epoch = self.train_loop_obj.epoch
             return True
         return False
 
@@ -116,14 +137,15 @@ class EarlyStopping(_MetricStopper):
 class ThresholdEarlyStopping(_MetricStopper):
     """Stop training when a history metric is not better than a threshold.
 
-    Guards against runs that go nowhere or diverge: every new value of ``monitor`` that is not
-    strictly better than ``threshold`` (below it for losses, above it otherwise) counts as bad;
-    training stops after ``patience`` bad values in a row (``patience=0`` stops at the first).
+    Guards against runs that go nowhere or diverge: every new value of ``monitor`` that is worse
+    than ``threshold`` (above it for losses, below it otherwise) counts as bad; a value equal to
+    the threshold is not. ``patience`` bad values in a row are tolerated, the next one stops
+    training (``patience=0`` stops at the first), as in aitoolbox 1.8.
 
     Args:
         monitor: training-history key.
-        threshold: the value that the metric must beat.
-        patience: consecutive bad epochs after which training stops.
+        threshold: the value that the metric must reach.
+        patience: bad epochs in a row that are tolerated before training stops.
         greater_is_better: direction; None: loss-like names are minimised, others maximised.
         execution_order: keep it above the callbacks that compute ``monitor``.
     """
@@ -136,7 +158,7 @@ class ThresholdEarlyStopping(_MetricStopper):
     def is_good(self, value: float) -> bool:
         if self.watcher.is_improvement(value):
             self.watcher.best = value
-        return not math.isnan(value) and self.watcher.beats(value, self.threshold)
+        return not math.isnan(value) and not self.watcher.beats(self.threshold, value)
 
 
 class TerminateOnNaN(AbstractCallback):
@@ -269,82 +291,115 @@ class ListRegisteredCallbacks(AbstractCallback):
 class FunctionOnTrainLoop(AbstractCallback):
     """Call ``fn_to_execute(train_loop_obj)`` at the chosen points of training.
 
-    Only the selected hooks are subscribed, so an unselected batch hook costs nothing.
+    Only the selected hooks are subscribed, so an unselected batch hook costs nothing. With no
+    point selected the function runs only when :meth:`execute_callback` is called.
 
     Args:
         fn_to_execute: function of the TrainLoop.
         tl_registration: call when registered with the TrainLoop.
-        train_begin: call at the start of training.
         epoch_begin: call at the start of every epoch.
-        batch_begin: call before every batch.
-        after_optimizer_step: call after every real optimizer step.
-        batch_end: call after every batch.
         epoch_end: call at the end of every epoch.
+        train_begin: call at the start of training.
         train_end: call at the end of training.
+        batch_begin: call before every batch.
+        batch_end: call after every batch.
+        after_gradient_update: call when the gradients are ready, before each optimizer steps.
+        after_optimizer_step: call after every real optimizer step.
         execution_order: callback execution order.
         device_idx_execution: under DDP, run only on this rank; None runs everywhere.
-
-    Raises:
-        ValueError: no point of training was selected.
     """
 
-    def __init__(self, fn_to_execute: Callable, tl_registration: bool = False, train_begin: bool = False,
-                 epoch_begin: bool = False, batch_begin: bool = False, after_optimizer_step: bool = False,
-                 batch_end: bool = False, epoch_end: bool = False, train_end: bool = False,
-                 execution_order: int = 0, device_idx_execution: Optional[int] = None):
+    _FLAGS = {"tl_registration": "on_train_loop_registration", "epoch_begin": "on_epoch_begin",
+              "epoch_end": "on_epoch_end", "train_begin": "on_train_begin", "train_end": "on_train_end",
+              "batch_begin": "on_batch_begin", "batch_end": "on_batch_end",
+              "after_gradient_update": "on_after_gradient_update",
+              "after_optimizer_step": "on_after_optimizer_step"}
+
+    def __init__(self, fn_to_execute: Callable, tl_registration: bool = False, epoch_begin: bool = False,
+                 epoch_end: bool = False, train_begin: bool = False, train_end: bool = False,
+                 batch_begin: bool = False, batch_end: bool = False, after_gradient_update: bool = False,
+                 after_optimizer_step: bool = False, execution_order: int = 0,
+                 device_idx_execution: Optional[int] = None):
         super().__init__("FunctionOnTrainLoop", execution_order, device_idx_execution)
-        selected = {"on_train_loop_registration": tl_registration, "on_train_begin": train_begin,
-                    "on_epoch_begin": epoch_begin, "on_batch_begin": batch_begin,
-                    "on_after_optimizer_step": after_optimizer_step, "on_batch_end": batch_end,
-                    "on_epoch_end": epoch_end, "on_train_end": train_end}
-        self._hooks = frozenset(hook for hook, on in selected.items() if on)
-        if not self._hooks:
-            raise ValueError("FunctionOnTrainLoop: select at least one point of training, e.g. "
-                             "epoch_end=True.")
+        if not callable(fn_to_execute):
+            raise TypeError(f"FunctionOnTrainLoop: fn_to_execute must be callable, got "
+                            f"{type(fn_to_execute).__name__}.")
         self.fn_to_execute = fn_to_execute
+        self.tl_registration, self.epoch_begin, self.epoch_end = tl_registration, epoch_begin, epoch_end
+        self.train_begin, self.train_end = train_begin, train_end
+        self.batch_begin, self.batch_end = batch_begin, batch_end
+        self.after_gradient_update, self.after_optimizer_step = after_gradient_update, after_optimizer_step
 
     def implemented_hooks(self):  # per instance: subscribe to the selected hooks only
         """The hooks selected at construction."""
-        return self._hooks
+        return frozenset(hook for flag, hook in self._FLAGS.items() if getattr(self, flag))
 
-    def _call(self):
+    def execute_callback(self) -> None:
+        """Call the function with the TrainLoop."""
         self.fn_to_execute(self.train_loop_obj)
 
-    on_train_loop_registration = on_train_begin = on_epoch_begin = on_batch_begin = _call
+    def on_train_loop_registration(self):
+        if self.after_gradient_update or self.after_optimizer_step:
+            self.train_loop_obj.grad_cb_used = True
+        if self.tl_registration:
+            self.execute_callback()
+
+    def on_after_gradient_update(self, optimizer_idx: int):
+        self.execute_callback()
+
+    def _call(self):
+        self.execute_callback()
+
+    on_train_begin = on_epoch_begin = on_batch_begin = _call
     on_after_optimizer_step = on_batch_end = on_epoch_end = on_train_end = _call
 
 
 class DataSubsetTestRun(AbstractCallback):
-    """Train and evaluate on the first samples of each data set only: a quick test run.
+    """Train and evaluate on the first batches of each data set only: a quick test run.
 
-    The loaders are replaced, when the callback is registered, by loaders over the first
-    ``num_*_insts`` samples that keep every other setting (batch size, shuffling, workers,
-    collate function, ...). Put it first in the callbacks list so that callbacks registered after
-    it (e.g. schedulers counting the training steps) see the smaller loaders.
+    The loaders are replaced, when the callback is registered, by loaders over the samples of
+    their first ``num_*_batches`` batches (per process under DDP) that keep every other setting
+    (batch size, shuffling - within the subset -, workers, collate function, ...). Put it first
+    in the callbacks list so that callbacks registered after it (e.g. schedulers counting the
+    training steps) see the smaller loaders.
 
     Args:
-        num_train_insts: training samples to keep; -1 keeps them all.
-        num_val_insts: validation samples to keep; -1 keeps them all.
-        num_test_insts: test samples to keep; -1 keeps them all.
+        num_train_batches: training batches to keep; 0 keeps them all.
+        num_val_batches: validation batches to keep; 0 keeps them all.
+        num_test_batches: test batches to keep; 0 keeps them all.
+
+    Raises:
+        ValueError: a negative count; at registration, a count for a loader the TrainLoop lacks.
     """
 
-    def __init__(self, num_train_insts: int = 1, num_val_insts: int = -1, num_test_insts: int = -1):
+    def __init__(self, num_train_batches: int = 1, num_val_batches: int = 0, num_test_batches: int = 0):
         super().__init__("DataSubsetTestRun", execution_order=-100)
-        for name, value in (("num_train_insts", num_train_insts), ("num_val_insts", num_val_insts),
-                            ("num_test_insts", num_test_insts)):
-            if not isinstance(value, int) or (value < 1 and value != -1):
-                raise ValueError(f"{name} must be a positive int or -1 (keep all), got {value!r}.")
-        self.num_insts: Dict[str, int] = {"train_loader": num_train_insts,
-                                          "validation_loader": num_val_insts,
-                                          "test_loader": num_test_insts}
+        for name, value in (("num_train_batches", num_train_batches), ("num_val_batches", num_val_batches),
+                            ("num_test_batches", num_test_batches)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0 (0 keeps all the batches), got {value!r}.")
+        self.num_train_batches = num_train_batches
+        self.num_val_batches = num_val_batches
+        self.num_test_batches = num_test_batches
 
     def on_train_loop_registration(self):
         loop = self.train_loop_obj
-        for attr, num in self.num_insts.items():
+        counts = {"train_loader": self.num_train_batches, "validation_loader": self.num_val_batches,
+                  "test_loader": self.num_test_batches}
+        for attr, num in counts.items():
             loader = getattr(loop, attr)
-            if loader is None or num == -1:
+            if num and loader is None:
+                raise ValueError(f"DataSubsetTestRun: {attr} was not given to the TrainLoop, so it cannot be "
+                                 f"subset; leave its number of batches at 0.")
+        world_size = getattr(loop.strategy, "world_size", 1)
+        for attr, num in counts.items():
+            loader = getattr(loop, attr)
+            if not num:
                 continue
-            subset = subset_loader(loader, num)
+            if not isinstance(loader, DataLoader):  # e.g. a list of batches: keep its first ones
+                setattr(loop, attr, list(itertools.islice(loader, num)))
+                continue
+            subset = subset_loader(loader, num * (loader_batch_size(loader) or 1) * world_size)
             setattr(loop, attr, loop.strategy.prepare_train_loader(subset) if attr == "train_loader" else subset)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
+from aitoolbox.experiment.experiment_folder import new_timestamp
 from aitoolbox.experiment.training_history import TrainingHistory
 from aitoolbox.torchtrain.model import split_model
 from aitoolbox.torchtrain.multi_loss_optim import MultiLoss, MultiOptimizer
@@ -117,6 +118,9 @@ class TrainLoop:
         self.optimizers = (list(optimizer) if isinstance(optimizer, MultiOptimizer)
                            else [] if optimizer is None else [optimizer])
         self._optimizer_indices = range(len(self.optimizers))
+        # A MultiOptimizer subclass's own step / zero_grad is called instead of ours.
+        self._user_optimizer_step = _overrides(optimizer, MultiOptimizer, "step")
+        self._user_zero_grad = _overrides(optimizer, MultiOptimizer, "zero_grad")
 
         self.train_history = TrainingHistory(has_validation=validation_loader is not None)
         self.callbacks_handler = CallbacksHandler(self)
@@ -124,6 +128,17 @@ class TrainLoop:
         self.prediction_store = PredictionStore()
         self.logger = get_logger()
         self._init_progress_state()
+        self._init_compat_attributes(use_amp)
+
+    def _init_compat_attributes(self, use_amp) -> None:
+        """aitoolbox 1.8's attributes that callbacks written for it read (none is on the hot path)."""
+        self.batch_model_feed_def = self.feed_def
+        self.num_optimizers = len(self.optimizers)
+        self.amp_scaler_init = use_amp if isinstance(use_amp, dict) else {}
+        #: set by callbacks written for aitoolbox 1.8; the gradient hooks run whenever implemented
+        self.grad_cb_used = False
+        self.ddp_handler = None
+        self._experiment_timestamp = new_timestamp()
 
     def _init_progress_state(self) -> None:
         """Counters and bookkeeping of the run (all restored from a checkpoint on resume)."""
@@ -283,19 +298,36 @@ class TrainLoop:
             optimizer_idx: index of the optimizer whose losses to back-propagate.
         """
         if isinstance(loss_batch, MultiLoss):
+            if type(loss_batch).backward is not MultiLoss.backward:  # the user's override
+                loss_batch.backward(optimizer_idx, self.iteration, self.amp_handler.grad_scaler)
+                return
             if optimizer_idx == 0:
                 loss_batch.check_optimizers(len(self.optimizers))
-            loss_batch.backward(optimizer_idx, self.amp_handler.backward)
+            loss_batch.backward_with(optimizer_idx, self.amp_handler.backward)
         elif optimizer_idx == 0:
             self.amp_handler.backward(loss_batch)
 
     def _optimizer_step(self, optimizer_idx: int) -> None:
-        """Step the optimizer ``optimizer_idx`` (through the GradScaler under AMP)."""
-        self.amp_handler.step(self.optimizers[optimizer_idx])
+        """Step the optimizer ``optimizer_idx`` (through the GradScaler under AMP).
+
+        A ``MultiOptimizer`` subclass overriding ``step`` gets the call instead:
+        ``step(optimizer_idx, iteration, amp_grad_scaler)``.
+        """
+        if self._user_optimizer_step:
+            self.optimizer.step(optimizer_idx, self.iteration, self.amp_handler.grad_scaler)
+        else:
+            self.amp_handler.step(self.optimizers[optimizer_idx])
 
     def _optimizer_zero_grad(self, optimizer_idx: int) -> None:
-        """Zero (set to None) the gradients of the optimizer ``optimizer_idx``."""
-        self.optimizers[optimizer_idx].zero_grad(set_to_none=True)
+        """Zero (set to None) the gradients of the optimizer ``optimizer_idx``.
+
+        A ``MultiOptimizer`` subclass overriding ``zero_grad`` gets the call instead:
+        ``zero_grad(optimizer_idx, iteration)``.
+        """
+        if self._user_zero_grad:
+            self.optimizer.zero_grad(optimizer_idx, self.iteration)
+        else:
+            self.optimizers[optimizer_idx].zero_grad(set_to_none=True)
 
     def should_execute_optimizer_update(self) -> bool:
         """Whether the optimizer steps after the current batch.
@@ -626,6 +658,25 @@ class TrainLoop:
         return self.callbacks_handler.registered_callbacks
 
     @property
+    def ddp_training_mode(self) -> bool:
+        """Whether this process is one rank of a DistributedDataParallel run."""
+        return self.gpu_mode == "ddp" and self.strategy.world_size > 1
+
+    @property
+    def ddp_rank(self) -> Optional[int]:
+        """This process's global rank in a DDP run, else None."""
+        return self.strategy.rank if self.ddp_training_mode else None
+
+    @property
+    def experiment_timestamp(self) -> str:
+        """When the TrainLoop was built, as ``YYYY-MM-DD_HH-MM-SS`` (the experiment folder's suffix)."""
+        return self._experiment_timestamp
+
+    @experiment_timestamp.setter
+    def experiment_timestamp(self, value: str) -> None:
+        self._experiment_timestamp = value
+
+    @property
     def amp_scaler(self):
         """The ``torch.amp.GradScaler`` in use, or None."""
         return self.amp_handler.scaler
@@ -683,6 +734,11 @@ class TrainLoop:
         train_args = dict(num_epochs=num_epochs, num_iterations=num_iterations, callbacks=list(callbacks or []),
                           grad_accumulation=grad_accumulation)
         return self.strategy.spawn_fit(self, gpu, ddp_args, train_args, list(in_process_data_load or []))
+
+
+def _overrides(obj, base: type, method: str) -> bool:
+    """Whether ``obj`` is an instance of a subclass of ``base`` that overrides ``method``."""
+    return isinstance(obj, base) and getattr(type(obj), method) is not getattr(base, method)
 
 
 def _to_cpu(value):

@@ -33,6 +33,25 @@ class _TrackingMixin:
         callbacks = list(callbacks or []) + self.tracking_callbacks
         return super().fit(num_epochs, num_iterations, callbacks, grad_accumulation, **kwargs)
 
+    def _set_experiment_attributes(self, local_model_result_folder_path: PathLike, cloud_save_mode,
+                                   source_dirs: Sequence, **extra) -> None:
+        """aitoolbox 1.8's attributes of the experiment (read by callbacks written for it).
+
+        Names, bucket and prefix are the validated values of the store; ``hyperparams`` is the
+        store's copy of the user's hyperparameters (the user's dict is never mutated).
+        """
+        store = self.experiment_store
+        self.project_name = store.folder.project_name
+        self.experiment_name = store.folder.experiment_name
+        self.local_model_result_folder_path = os.path.expanduser(os.fspath(local_model_result_folder_path))
+        self.hyperparams = store.hyperparams
+        self.cloud_save_mode = cloud_save_mode
+        self.bucket_name = store.bucket_name
+        self.cloud_dir_prefix = store.cloud_dir_prefix
+        self.source_dirs = source_dirs
+        for name, value in extra.items():
+            setattr(self, name, value)
+
     @property
     def experiment_timestamp(self) -> str:
         """Timestamp part of the experiment folder's name."""
@@ -104,6 +123,10 @@ class TrainLoopCheckpoint(_TrackingMixin, TrainLoop):
         self.experiment_store = ExperimentStore(project_name, experiment_name, local_model_result_folder_path,
                                                 hyperparams, cloud_save_mode, bucket_name, cloud_dir_prefix,
                                                 source_dirs)
+        self._set_experiment_attributes(local_model_result_folder_path, cloud_save_mode, source_dirs,
+                                        rm_subopt_local_models=rm_subopt_local_models,
+                                        num_best_checkpoints_kept=num_best_checkpoints_kept,
+                                        iteration_save_freq=iteration_save_freq)
         self.tracking_callbacks = [_checkpoint_callback(self.experiment_store, rm_subopt_local_models,
                                                         num_best_checkpoints_kept, iteration_save_freq)]
 
@@ -146,6 +169,9 @@ class TrainLoopEndSave(_TrackingMixin, TrainLoop):
         self.experiment_store = ExperimentStore(project_name, experiment_name, local_model_result_folder_path,
                                                 hyperparams, cloud_save_mode, bucket_name, cloud_dir_prefix,
                                                 source_dirs)
+        self._set_experiment_attributes(local_model_result_folder_path, cloud_save_mode, source_dirs,
+                                        val_result_package=val_result_package,
+                                        test_result_package=test_result_package)
         self.tracking_callbacks = [ModelTrainEndSave(None, None, None, None, val_result_package,
                                                      test_result_package, experiment_store=self.experiment_store)]
 
@@ -193,6 +219,12 @@ class TrainLoopCheckpointEndSave(_TrackingMixin, TrainLoop):
         self.experiment_store = ExperimentStore(project_name, experiment_name, local_model_result_folder_path,
                                                 hyperparams, cloud_save_mode, bucket_name, cloud_dir_prefix,
                                                 source_dirs)
+        self._set_experiment_attributes(local_model_result_folder_path, cloud_save_mode, source_dirs,
+                                        val_result_package=val_result_package,
+                                        test_result_package=test_result_package,
+                                        rm_subopt_local_models=rm_subopt_local_models,
+                                        num_best_checkpoints_kept=num_best_checkpoints_kept,
+                                        iteration_save_freq=iteration_save_freq)
         self.tracking_callbacks = [
             ModelTrainEndSave(None, None, None, None, val_result_package, test_result_package,
                               experiment_store=self.experiment_store),

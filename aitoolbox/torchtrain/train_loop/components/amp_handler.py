@@ -38,6 +38,43 @@ def validate_use_amp(use_amp: Union[bool, dict]) -> None:
                          f"{list(_SCALER_KEYS)}.")
 
 
+class PassThroughScaler:
+    """Stands in for a ``torch.amp.GradScaler`` when no loss scaling is in use.
+
+    User overrides of ``MultiLoss.backward`` / ``MultiOptimizer.step`` get it as
+    ``amp_grad_scaler`` (as aitoolbox 1.8 passed a disabled GradScaler): ``scale`` returns the
+    loss unchanged, ``step`` calls ``optimizer.step()``.
+    """
+
+    @staticmethod
+    def scale(outputs):
+        """``outputs`` unchanged."""
+        return outputs
+
+    @staticmethod
+    def step(optimizer, *args, **kwargs):
+        """``optimizer.step(*args, **kwargs)``."""
+        return optimizer.step(*args, **kwargs)
+
+    @staticmethod
+    def unscale_(optimizer) -> None:
+        """Nothing to unscale."""
+
+    @staticmethod
+    def update(new_scale=None) -> None:
+        """No scale to update."""
+
+    @staticmethod
+    def is_enabled() -> bool:
+        """False: no scaling."""
+        return False
+
+    @staticmethod
+    def get_scale() -> float:
+        """1.0: no scaling."""
+        return 1.0
+
+
 class AmpHandler:
     """Autocast, loss scaling, unscaling and scaled optimizer steps.
 
@@ -55,6 +92,8 @@ class AmpHandler:
         self.scaler: Optional[torch.amp.GradScaler] = (
             torch.amp.GradScaler(self.device_type, **scaler_args)
             if self.enabled and self.device_type == "cuda" else None)
+        #: what user overrides of MultiLoss.backward / MultiOptimizer.step get as amp_grad_scaler
+        self.grad_scaler = self.scaler if self.scaler is not None else PassThroughScaler()
         self._unscaled = set()
         self.step_skipped = False  # did the last update find inf/NaN gradients and skip the step
         if self.scaler is None:

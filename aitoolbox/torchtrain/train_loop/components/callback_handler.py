@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 logger = logging.getLogger("aitoolbox")
 
@@ -43,24 +43,37 @@ class CallbacksHandler:
         #: TrainLoop's batch loop iterates these lists directly)
         self.subscribers: Dict[str, List] = {hook: [] for hook in HOOKS}
 
+        #: callbacks given with ``cache_callbacks=True``: registered at the next registration
+        self.callbacks_cache: List = []
+
     def reset(self) -> None:
-        """Forget every registered callback (each ``fit`` registers its own)."""
+        """Forget every registered callback (each ``fit`` registers its own); the cache stays."""
         self.registered_callbacks = []
         self.subscribers = {hook: [] for hook in HOOKS}
 
-    def register_callbacks(self, callbacks: Sequence, rank: int = 0) -> None:
+    def register_callbacks(self, callbacks: Optional[Sequence], rank: Optional[int] = None,
+                           cache_callbacks: bool = False, print_callbacks: bool = False) -> None:
         """Register callbacks, call their ``on_train_loop_registration``, rebuild the hook lists.
 
         Args:
-            callbacks: ``AbstractCallback`` instances.
+            callbacks: ``AbstractCallback`` instances (None: none).
             rank: this process's global rank; a callback whose ``device_idx_execution`` is set
-                runs only on that rank.
+                runs only on that rank. None: the TrainLoop's strategy's rank.
+            cache_callbacks: only remember the callbacks; they are registered with the next
+                registration without this flag (e.g. at the start of ``fit``).
+            print_callbacks: log the registered callbacks afterwards.
 
         Raises:
             TypeError: a callback is not an ``AbstractCallback``.
         """
         from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
 
+        if cache_callbacks:
+            self.callbacks_cache += list(callbacks or [])
+            return
+        callbacks, self.callbacks_cache = self.callbacks_cache + list(callbacks or []), []
+        if rank is None:
+            rank = getattr(getattr(self.train_loop_obj, "strategy", None), "rank", 0)
         for idx, cb in enumerate(callbacks or []):
             if not isinstance(cb, AbstractCallback):
                 raise TypeError(f"callbacks[{idx}] is a {type(cb).__name__}; every callback must be "
@@ -68,11 +81,10 @@ class CallbacksHandler:
         for cb in callbacks or []:
             if cb.device_idx_execution is not None and cb.device_idx_execution != rank:
                 continue
-            cb.register_train_loop_object(self.train_loop_obj)
-            self.registered_callbacks.append(cb)
-            if "on_train_loop_registration" in cb.implemented_hooks():
-                cb.on_train_loop_registration()
+            self.registered_callbacks.append(cb.register_train_loop_object(self.train_loop_obj))
         self.registered_callbacks.sort(key=lambda c: c.execution_order)
+        if print_callbacks:
+            self.print_registered_callbacks()
         self.subscribers = {hook: [self._hook_function(cb, hook) for cb in self.registered_callbacks
                                    if hook in cb.implemented_hooks()] for hook in HOOKS}
 
@@ -90,6 +102,47 @@ class CallbacksHandler:
         for hook_function in self.subscribers[hook]:
             hook_function(*args)
 
+    # aitoolbox 1.8's names of the dispatch calls
+    def execute_epoch_begin(self) -> None:
+        """Call ``on_epoch_begin`` on the subscribed callbacks."""
+        self.execute("on_epoch_begin")
+
+    def execute_epoch_end(self) -> None:
+        """Call ``on_epoch_end`` on the subscribed callbacks."""
+        self.execute("on_epoch_end")
+
+    def execute_train_begin(self) -> None:
+        """Call ``on_train_begin`` on the subscribed callbacks."""
+        self.execute("on_train_begin")
+
+    def execute_train_end(self) -> None:
+        """Call ``on_train_end`` on the subscribed callbacks."""
+        self.execute("on_train_end")
+
+    def execute_batch_begin(self) -> None:
+        """Call ``on_batch_begin`` on the subscribed callbacks."""
+        self.execute("on_batch_begin")
+
+    def execute_batch_end(self) -> None:
+        """Call ``on_batch_end`` on the subscribed callbacks."""
+        self.execute("on_batch_end")
+
+    def execute_gradient_update(self, optimizer_idx: int = 0) -> None:
+        """Call ``on_after_gradient_update(optimizer_idx)`` on the subscribed callbacks."""
+        self.execute("on_after_gradient_update", optimizer_idx)
+
+    def execute_optimizer_step(self) -> None:
+        """Call ``on_after_optimizer_step`` on the subscribed callbacks."""
+        self.execute("on_after_optimizer_step")
+
+    def execute_multiprocess_start(self) -> None:
+        """Call ``on_multiprocess_start`` on the subscribed callbacks."""
+        self.execute("on_multiprocess_start")
+
+    def execute_after_batch_prediction(self, y_pred_batch, y_test_batch, metadata_batch, dataset_info) -> None:
+        """Call ``on_after_batch_prediction`` on the subscribed callbacks."""
+        self.execute("on_after_batch_prediction", y_pred_batch, y_test_batch, metadata_batch, dataset_info)
+
     def has(self, hook: str) -> bool:
         """Whether any registered callback implements ``hook``."""
         return bool(self.subscribers[hook])
@@ -101,6 +154,36 @@ class CallbacksHandler:
             lines.append(f"  [{cb.execution_order}] {cb.callback_name}: "
                          f"{', '.join(h for h in HOOKS if h in cb.implemented_hooks())}")
         logger.info("\n".join(lines))
+
+    def print_registered_callback_names(self) -> None:
+        """Same as :meth:`print_registered_callbacks` (aitoolbox 1.8's name)."""
+        self.print_registered_callbacks()
+
+    def __str__(self) -> str:
+        lines = ["CALLBACKS"]
+        for hook in HOOKS:
+            lines.append(f"At {hook}:")
+            lines += [f"\t{cb.callback_name}: {type(cb)}, execution_order: {cb.execution_order}"
+                      for cb in self.registered_callbacks if hook in cb.implemented_hooks()]
+        return "\n".join(lines)
+
+    def __len__(self) -> int:
+        return len(self.registered_callbacks)
+
+    def __iadd__(self, callbacks: Sequence) -> "CallbacksHandler":
+        """Register ``callbacks`` (a list)."""
+        self.register_callbacks(callbacks)
+        return self
+
+    __add__ = __iadd__
+
+    def __contains__(self, item) -> bool:
+        """A registered callback with this name (str), of this class (type), or this callback."""
+        if isinstance(item, str):
+            return any(cb.callback_name == item for cb in self.registered_callbacks)
+        if isinstance(item, type):
+            return any(type(cb) is item for cb in self.registered_callbacks)
+        return any(cb is item for cb in self.registered_callbacks)
 
     def state_dict(self) -> Dict[str, dict]:
         """State of every stateful callback, keyed by name and occurrence."""

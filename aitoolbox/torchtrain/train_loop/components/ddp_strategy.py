@@ -317,7 +317,7 @@ class RankFeed:
 
     def get_loss(self, batch_data, criterion, device):
         loss = self.wrapped.get_loss(batch_data, criterion, device)
-        if isinstance(loss, MultiLoss):
+        if isinstance(loss, MultiLoss) and type(loss).backward is MultiLoss.backward:  # no user override
             return JointBackwardMultiLoss(loss, loss.loss_optimizer_map, loss.retain_graph_until_last)
         return loss
 
@@ -339,7 +339,7 @@ class JointBackwardMultiLoss(MultiLoss):
     loop steps every optimizer only after all the losses were back-propagated.
     """
 
-    def backward(self, optimizer_idx: int, backward_fn=None) -> None:
+    def backward_with(self, optimizer_idx: int, backward_fn=None) -> None:
         if optimizer_idx != 0:
             return
         total = sum(self[name] for name in self if name in self.loss_optimizer_map)
