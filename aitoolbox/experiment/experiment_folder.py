@@ -179,6 +179,49 @@ class ExperimentFolder:
     def __repr__(self) -> str:
         return f"ExperimentFolder({self.path!r})"
 
+    # ------------------------------------------------------------------ aitoolbox 1.8 helpers
+    @staticmethod
+    def get_base_folder_paths(project_name: str, experiment_name: str, experiment_timestamp: str,
+                              local_model_result_folder_path: PathLike) -> Tuple[str, str]:
+        """The project folder and the experiment folder paths, without creating them.
+
+        Args:
+            project_name: project folder name.
+            experiment_name: experiment name.
+            experiment_timestamp: the experiment folder's timestamp.
+            local_model_result_folder_path: the results root folder (``~`` is expanded).
+
+        Returns:
+            ``(project_folder_path, experiment_folder_path)``, joined as ``os.path.join`` does
+            (the names are checked by :meth:`create_base_folder`, not here).
+        """
+        project_path = os.path.join(os.path.expanduser(os.fspath(local_model_result_folder_path)), project_name)
+        return project_path, os.path.join(project_path, f"{experiment_name}_{experiment_timestamp}")
+
+    @staticmethod
+    def create_base_folder(project_name: str, experiment_name: str, experiment_timestamp: str,
+                           local_model_result_folder_path: PathLike) -> str:
+        """Create (or reuse) the experiment folder ``<root>/<project>/<experiment>_<timestamp>``.
+
+        Unlike :meth:`create`, an existing folder of that name is reused: this is how the
+        aitoolbox 1.8 savers put the model and the results of one experiment side by side.
+
+        Returns:
+            The experiment folder's path.
+
+        Raises:
+            TypeError, ValueError: a name that is not one plain folder name, or a root folder that
+                cannot be written.
+        """
+        validate_name(project_name, "project_name")
+        validate_name(experiment_name, "experiment_name")
+        validate_name(experiment_timestamp, "experiment_timestamp")
+        check_writable_root(os.path.expanduser(os.fspath(local_model_result_folder_path)))
+        _, experiment_path = ExperimentFolder.get_base_folder_paths(
+            project_name, experiment_name, experiment_timestamp, local_model_result_folder_path)
+        os.makedirs(experiment_path, exist_ok=True)
+        return experiment_path
+
 
 def load_hyperparams(hyperparams: Union[dict, PathLike]) -> Tuple[Dict[str, Any], Optional[str]]:
     """The hyperparameters as a fresh dict, and the file they came from (or None).

@@ -1,4 +1,5 @@
-"""AWS integrations: the S3 layer that mirrors experiment files to a bucket.
+"""AWS integrations: the S3 layer that mirrors experiment files to a bucket, and aitoolbox 1.8's
+S3 savers and loaders (``model_save``, ``model_load``, ``results_save``, ``data_access``).
 
 boto3 is imported lazily, so importing this package does not require or load it.
 """

@@ -355,6 +355,7 @@ class TrainLoop:
         if self._pending_callback_state is not None:
             self.callbacks_handler.load_state_dict(self._pending_callback_state)
             self._pending_callback_state = None
+        checkpointing.apply_pending_scheduler_states(self)  # of an aitoolbox 1.8 checkpoint
         self.strategy.setup_run(self)
         if self.print_callbacks and self.is_main_process():
             self.callbacks_handler.print_registered_callbacks()

@@ -1,0 +1,1 @@
+"""aitoolbox 1.8's local model loader."""
