@@ -67,7 +67,8 @@ def assert_accuracies_match_sklearn(output, labels, num_epochs):
 
 
 def printed_metric(log, name):
-    return [float(v) for v in re.findall(rf"{name}: ([0-9.eE+-]+)", log)]
+    """The values printed as ``<name>: <value>`` (not ``train_end_<name>``, the end-of-training report)."""
+    return [float(v) for v in re.findall(rf"(?<![\w]){name}: ([0-9.eE+-]+)", log)]
 
 
 def assert_printed_report_matches_history(log, history):
