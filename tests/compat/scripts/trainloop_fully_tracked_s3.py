@@ -89,7 +89,7 @@ def digits_datasets():
 
 if __name__ == '__main__':
     parser = argparse.ArgumentParser()
-    parser.add_argument('--epochs', type=int, default=4)
+    parser.add_argument('--epochs', type=int, default=3)
     parser.add_argument('--results-dir', type=str, required=True)
     parser.add_argument('--bucket', type=str, required=True)
     parser.add_argument('--output', type=str, required=True)
@@ -124,5 +124,5 @@ if __name__ == '__main__':
         hyperparams={},
         val_result_package=ClassificationResultPackage(), test_result_package=ClassificationResultPackage(),
         cloud_save_mode='s3', bucket_name=args.bucket,
-        rm_subopt_local_models=True, num_best_checkpoints_kept=3
+        rm_subopt_local_models=True, num_best_checkpoints_kept=2
     ).fit(num_epochs=args.epochs, callbacks=callbacks)
