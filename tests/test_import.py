@@ -28,3 +28,27 @@ def test_public_import_paths_of_the_original_api():
     from aitoolbox.torchtrain.train_loop.train_loop import TrainLoop as ModuleTrainLoop
 
     assert PackageTrainLoop is ModuleTrainLoop is TrainLoop
+
+
+HEAVY_OPTIONAL = ("boto3", "matplotlib", "tensorboard", "wandb", "google.cloud", "torchmetrics")
+
+
+def _loaded_heavy_modules(statement: str) -> list:
+    code = (f"import sys\n{statement}\n"
+            f"print(sorted(m for m in {HEAVY_OPTIONAL!r} if m in sys.modules))")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_import_aitoolbox_is_lazy_and_light():
+    assert _loaded_heavy_modules("import aitoolbox") == "[]"
+    # lazy: not even the TrainLoop (nor torch) is imported until a name is used
+    assert _loaded_heavy_modules("import aitoolbox; assert 'aitoolbox.torchtrain.train_loop.train_loop' "
+                                 "not in sys.modules and 'torch' not in sys.modules") == "[]"
+
+
+def test_star_import_of_aitoolbox_pulls_no_optional_dependency():
+    assert _loaded_heavy_modules("from aitoolbox import *\nassert TrainLoop and EarlyStopping") == "[]"
