@@ -196,14 +196,15 @@ class CountingMultiOptimizer(MultiOptimizer):
         self.optimizer_list[optimizer_idx].zero_grad()
 
 
-def test_the_loop_calls_user_overrides_of_multi_loss_and_multi_optimizer():
+@pytest.mark.parametrize("use_amp", [False, True])  # CPU AMP: bfloat16, the pass-through scaler
+def test_the_loop_calls_user_overrides_of_multi_loss_and_multi_optimizer(use_amp):
     CALLS.clear()
     model = TwoHeads()
     optimizer = CountingMultiOptimizer([torch.optim.SGD(model.a.parameters(), lr=0.1),
                                         torch.optim.SGD(model.b.parameters(), lr=0.1)])
     before = [p.detach().clone() for p in model.parameters()]
     train = DataLoader(regression_dataset(16), batch_size=8)
-    loop = TrainLoop(model, train, None, None, optimizer, nn.MSELoss(), show_progress=False)
+    loop = TrainLoop(model, train, None, None, optimizer, nn.MSELoss(), show_progress=False, use_amp=use_amp)
     loop.fit(num_epochs=1)
     per_batch = lambda it: [("backward", 0, it), ("backward", 1, it), ("step", 0, it), ("zero_grad", 0, it),
                             ("step", 1, it), ("zero_grad", 1, it)]
