@@ -9,6 +9,10 @@ File names in ``checkpoint_model/``:
 * ``model_epoch_<E>.pt`` - after ``E`` complete epochs;
 * ``model_iteration_<T>.pt`` - after ``T`` training batches (mid-epoch);
 * ``model_crash_iteration_<T>.pt`` - written when training raised, ``T`` batches done.
+
+aitoolbox 1.8 named its checkpoints ``model_<experiment>_<timestamp>_E<epoch>[_ITER<i>].pth``
+(``epoch`` the 0-based index of the finished epoch); a folder holding only such files yields the
+newest of them.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 from typing import Any, Dict, List, Optional
 
 logger = logging.getLogger("aitoolbox")
@@ -136,4 +141,37 @@ def find_latest_checkpoint(folder: str) -> Optional[str]:
         if newest is not None:
             return os.path.join(folder, newest["file"])
     files = [p for p in glob.glob(os.path.join(folder, "*.pt")) if os.path.isfile(p)]
-    return max(files, key=os.path.getmtime) if files else None
+    if files:
+        return max(files, key=os.path.getmtime)
+    return find_latest_original_checkpoint(folder)
+
+
+#: aitoolbox 1.8's checkpoint names: ``model_<experiment>_<timestamp>_E<epoch>[_ITER<iteration>].pth``
+ORIGINAL_CHECKPOINT_PATTERN = re.compile(r"^model_.+_E(\d+)(?:_ITER(\d+))?\.pth$")
+
+
+def original_checkpoint_order(file_name: str) -> Optional[tuple]:
+    """Sort key of an aitoolbox 1.8 checkpoint name (later is newer), or None for other names.
+
+    An end-of-epoch checkpoint ``_E<n>`` comes after the mid-epoch ones ``_E<n>_ITER<i>``.
+    """
+    match = ORIGINAL_CHECKPOINT_PATTERN.match(file_name)
+    if match is None:
+        return None
+    epoch, iteration = match.groups()
+    return int(epoch), iteration is None, int(iteration or 0)
+
+
+def newest_original_checkpoint_name(file_names) -> Optional[str]:
+    """The newest of the aitoolbox 1.8 checkpoint names in ``file_names``, or None."""
+    named = [(original_checkpoint_order(name), name) for name in file_names]
+    named = [(order, name) for order, name in named if order is not None]
+    return max(named)[1] if named else None
+
+
+def find_latest_original_checkpoint(folder: str) -> Optional[str]:
+    """Path of the newest aitoolbox 1.8 checkpoint (``*_E<n>.pth``) in ``folder``, or None."""
+    names = [name for name in os.listdir(folder) if os.path.isfile(os.path.join(folder, name))] \
+        if os.path.isdir(folder) else []
+    newest = newest_original_checkpoint_name(names)
+    return None if newest is None else os.path.join(folder, newest)

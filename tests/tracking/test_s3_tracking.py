@@ -62,7 +62,8 @@ def test_continue_training_from_the_bucket(s3_bucket, tmp_path):
 
     shutil.rmtree(loop.experiment_dir)  # only the bucket has the experiment now
     resumed = TrainLoop(*loop_args(seed=5), show_progress=False)
-    load = ModelLoadContinueTraining(loop.experiment_timestamp, "checkpoint_model", "proj", "exp", tmp_path,
+    load = ModelLoadContinueTraining(loop.experiment_timestamp, "checkpoint_model", project_name="proj",
+                                     experiment_name="exp", local_model_result_folder_path=tmp_path,
                                      cloud_save_mode="s3", bucket_name=s3_bucket)
     resumed.fit(num_epochs=2, callbacks=[load])  # already at 2 epochs: loads, trains nothing
     assert load.loaded_path.endswith("/checkpoint_model/model_epoch_2.pt") and load.loaded_path.startswith("s3://")

@@ -272,6 +272,8 @@ def safe_torch_load(path: str, map_location=None, shown_path: Optional[str] = No
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"{shown_path!r} is not a file written by torch.save ({error}).") from error
         lines = [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
         raise ValueError(
             f"{shown_path!r} holds objects that torch.load(weights_only=True) refuses to unpickle"
@@ -336,15 +338,20 @@ def load_original_state_dict(loop, state: dict) -> None:
         else:
             logger.info("The checkpoint holds an AMP GradScaler state; this TrainLoop uses no AMP, so it is ignored.")
     set_original_position(loop, state)
-    loop._pending_callback_state = None
+    reset_run_state(loop)
     loop._pending_scheduler_states = PendingSchedulerStates(list(state.get("schedulers_state_dict") or []))
+    logger.warning("Loaded an aitoolbox 1.8 checkpoint (training continues at epoch %d): that format holds no "
+                   "RNG state, so the continued run is not exactly the uninterrupted one.", loop.epoch)
+
+
+def reset_run_state(loop) -> None:
+    """Forget the state of a run in progress after new weights were loaded from an aitoolbox 1.8 file."""
+    loop._pending_callback_state = None
     loop.epoch_start_rng = None
     loop.loss_batch_accum = []
     loop._pending_grads = None
     loop.weights_version += 1
     loop.prediction_store.clear()
-    logger.warning("Loaded an aitoolbox 1.8 checkpoint (training continues at epoch %d): that format holds no "
-                   "RNG state, so the continued run is not exactly the uninterrupted one.", loop.epoch)
 
 
 def _load_original_optimizer(optimizer, optimizer_state) -> None:
