@@ -33,12 +33,14 @@ def digits_labels():
 
 
 def run_script(name, *args, cwd, timeout=240):
-    """Run ``tests/compat/scripts/<name>`` unchanged; return its stdout + stderr."""
+    """Run ``tests/compat/scripts/<name>`` unchanged; return its output (stdout and stderr interleaved)."""
     env = {k: v for k, v in os.environ.items() if k not in DDP_ENV}
     env["PYTHONPATH"] = ROOT
+    env["PYTHONUNBUFFERED"] = "1"  # prints and log records in the order they were made
     result = subprocess.run([sys.executable, os.path.join(SCRIPTS, name), *map(str, args)], cwd=str(cwd),
-                            env=env, capture_output=True, text=True, timeout=timeout)
-    log = result.stdout + result.stderr
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            timeout=timeout)
+    log = result.stdout
     assert result.returncode == 0, f"{name} failed:\n{log[-4000:]}"
     return log
 
