@@ -37,7 +37,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny workloads, 2 repeats: a smoke run")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny workloads, 2 repeats: a smoke run (time targets are shown, not judged)")
     parser.add_argument("--scenarios", default=",".join(s.key for s in SCENARIOS),
                         help=f"comma-separated subset of {[s.key for s in SCENARIOS]}")
     parser.add_argument("--peers", action="store_true",
@@ -190,6 +191,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for key in args.scenarios.split(","):
         sc = BY_KEY[key]
         print(f"== {sc.title}", flush=True)
+        if args.quick:  # the title gives the full workload
+            print(f"   quick workload: {json.dumps(sc.params(True))}", flush=True)
         done[key] = run_scenario(sc, args)
     doc = report.merge_json(os.path.join(args.out, "performance.json"), meta(args), done)
     table = report.markdown_table(doc)
