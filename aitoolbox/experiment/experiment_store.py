@@ -59,11 +59,12 @@ class ExperimentStore:
     the cloud, that the bucket exists - so that mistakes surface before any training work. The folder
     itself is created by :meth:`ensure_created` (at training start, or lazily at the first write).
 
-    Class attributes (defaults for every store; change them on the class or an instance):
-        flush_timeout: seconds ``finish_run`` waits at most for pending uploads.
-        retry_interval / max_retry_interval: backoff of failed uploads (seconds).
-        client_max_attempts: attempts per S3 request inside one upload try (botocore retries;
-            a GCS try is always one request).
+    Class attributes, the defaults of every store (change them on the class or an instance):
+
+    - ``flush_timeout``: seconds ``finish_run`` waits at most for pending uploads.
+    - ``retry_interval`` / ``max_retry_interval``: backoff of failed uploads (seconds).
+    - ``client_max_attempts``: attempts per S3 request inside one upload try (botocore retries;
+      a GCS try is always one request).
 
     Args:
         project_name: project folder name.

@@ -194,9 +194,9 @@ class TensorboardTrainBatchLoss(TensorboardReporterBaseCB):
     Args:
         batch_log_frequency: log at every this-many-th batch (the 1st, the (f+1)-th, ...).
             Reading the loss syncs with the device, so only on those batches.
-        log_dir, is_project, project_name, experiment_name, local_model_result_folder_path,
-            cloud_save_mode, bucket_name, cloud_dir_prefix, **kwargs: as in
-            :class:`TensorboardReporterBaseCB`.
+        log_dir: and ``is_project``, ``project_name``, ``experiment_name``,
+            ``local_model_result_folder_path``, ``cloud_save_mode``, ``bucket_name``,
+            ``cloud_dir_prefix``, ``**kwargs``: as in :class:`TensorboardReporterBaseCB`.
     """
 
     def __init__(self, batch_log_frequency: int = 1, log_dir: Optional[str] = None, is_project: bool = True,
@@ -223,9 +223,9 @@ class TensorboardTrainHistoryMetric(TensorboardReporterBaseCB):
 
     Args:
         metric_names: the history metrics to log; None: all of them.
-        log_dir, is_project, project_name, experiment_name, local_model_result_folder_path,
-            cloud_save_mode, bucket_name, cloud_dir_prefix, **kwargs: as in
-            :class:`TensorboardReporterBaseCB`.
+        log_dir: and ``is_project``, ``project_name``, ``experiment_name``,
+            ``local_model_result_folder_path``, ``cloud_save_mode``, ``bucket_name``,
+            ``cloud_dir_prefix``, ``**kwargs``: as in :class:`TensorboardReporterBaseCB`.
     """
 
     def __init__(self, metric_names: Optional[Iterable[str]] = None, log_dir: Optional[str] = None,
@@ -248,8 +248,9 @@ class TensorboardFullTracking(TensorboardReporterBaseCB):
     Args:
         metric_names: the history metrics to log; None: all of them.
         batch_log_frequency: log the batch loss at every this-many-th batch (0: never).
-        log_dir, is_project, project_name, experiment_name, local_model_result_folder_path,
-            cloud_save_mode, bucket_name, cloud_dir_prefix: as in :class:`TensorboardReporterBaseCB`.
+        log_dir: and ``is_project``, ``project_name``, ``experiment_name``,
+            ``local_model_result_folder_path``, ``cloud_save_mode``, ``bucket_name``,
+            ``cloud_dir_prefix``: as in :class:`TensorboardReporterBaseCB`.
         batch_log_every_n_steps: older name of ``batch_log_frequency`` (overrides it when given).
         execution_order: callback execution order.
         **kwargs: arguments of ``SummaryWriter`` (e.g. ``flush_secs``).
