@@ -187,8 +187,8 @@ class TrainLoop:
             ValueError, TypeError: invalid arguments, before any training work.
         """
         validation.validate_fit_args(self, num_epochs, num_iterations, callbacks, grad_accumulation)
+        validation.validate_strategy_kwargs(self.gpu_mode, kwargs)
         strategy_args = self.strategy.check_fit_kwargs(kwargs)
-        validation.validate_strategy_kwargs(self.gpu_mode, strategy_args)
         self._unverified_metrics = validation.check_callbacks(
             self, self.callbacks_handler.callbacks_cache + list(callbacks or []))
         train_args = dict(num_epochs=num_epochs, num_iterations=num_iterations,
