@@ -107,8 +107,14 @@ class MonitoredMetric(NamedTuple):
     during_epochs: bool = True
 
 
-class MissingMonitoredMetricError(ValueError):
-    """A callback watches a history key that no registered callback nor the TrainLoop writes."""
+class MissingMonitoredMetricError(KeyError, ValueError):
+    """A callback watches a history key that no registered callback nor the TrainLoop writes.
+
+    A ValueError (a bad argument) and a KeyError (what a missing history key raised before).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def loop_produced_metrics(loop) -> Optional[List[str]]:
@@ -158,8 +164,8 @@ def check_monitored_metrics(loop, callbacks: Sequence) -> List[Tuple[str, Monito
                 unverified.append((_describe(cb, monitored), monitored))
                 continue
             raise MissingMonitoredMetricError(
-                f"{_describe(cb, monitored)}: no registered callback nor the TrainLoop writes "
-                f"{monitored.metric!r} into the training history, so it would never get a value."
+                f"{_describe(cb, monitored)}: {monitored.metric!r} would never be in the training history: "
+                "not found among the metrics that the TrainLoop and the registered callbacks write."
                 f"{_suggestion(monitored.metric, exact)} The history will have: "
                 f"{_listing(exact, patterns)}. Fix the name, or register the callback that computes "
                 "it (e.g. ModelPerformanceEvaluation for the result package's metrics).")

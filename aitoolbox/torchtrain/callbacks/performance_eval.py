@@ -184,6 +184,8 @@ class ModelPerformancePrintReport(AbstractCallback):
         self.strict_metric_reporting, self.list_tracked_metrics = strict_metric_reporting, list_tracked_metrics
 
     def monitored_history_metrics(self):
+        if not self.strict_metric_reporting:  # missing metrics are accepted (and warned about)
+            return []
         return [("metrics", metric, self.on_each_epoch) for metric in self.metrics]
 
     def on_epoch_end(self):
@@ -438,6 +440,11 @@ class MetricHistoryRename(TrainHistoryFormatter):
 
     def produced_history_metrics(self):
         return [self.new_metric_name, f"{self.new_metric_name}_*"]
+
+    def monitored_history_metrics(self):
+        if not self.strict_metric_extract:  # a missing input is skipped, as asked
+            return []
+        return [("input_metric_path", self.input_metric_path.split("/")[0], self.epoch_end)]
 
 
 def _name_value(name: str, value: Any) -> Tuple[str, Any]:
