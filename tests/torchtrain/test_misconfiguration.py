@@ -362,3 +362,12 @@ def test_names_with_control_characters_fail(tmp_path, name):
                             nn.CrossEntropyLoss(), project_name=name, experiment_name="exp",
                             local_model_result_folder_path=str(tmp_path), hyperparams={}, cloud_save_mode=None)
     assert os.listdir(tmp_path) == []
+
+
+def test_under_ddp_val_loss_without_a_validation_loader_is_left_to_the_run():
+    # the loaders may be built in each process (InMultiProcessDataLoad): no error at fit
+    from aitoolbox.torchtrain.callbacks.metric_watch import check_monitored_metrics
+    unverified = check_monitored_metrics(_loop(validation=False, gpu_mode="ddp"), [EarlyStopping()])
+    assert [m.metric for _, m in unverified] == ["val_loss"]
+    with pytest.raises(MissingMonitoredMetricError):
+        check_monitored_metrics(_loop(validation=False), [EarlyStopping()])
