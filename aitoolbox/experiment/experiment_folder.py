@@ -18,6 +18,7 @@ import inspect
 import json
 import logging
 import os
+import unicodedata
 import zipfile
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
@@ -47,7 +48,8 @@ def validate_name(value: Any, arg_name: str) -> str:
     Raises:
         TypeError: not a string.
         ValueError: empty, ``.`` / ``..``, absolute, or containing a path separator or NUL -
-            anything that could escape the results root folder.
+            anything that could escape the results root folder - or a control character
+            (newline, tab, ...).
     """
     if not isinstance(value, str):
         raise TypeError(f"{arg_name} must be a str, got {type(value).__name__}.")
@@ -57,6 +59,11 @@ def validate_name(value: Any, arg_name: str) -> str:
         raise ValueError(f"{arg_name}={value!r} is not a plain folder name: it must be non-empty, not "
                          "'.' or '..', and contain no path separators, so that the experiment stays "
                          "inside local_model_result_folder_path.")
+    control = sorted({c for c in value if unicodedata.category(c) in ("Cc", "Zl", "Zp")})
+    if control:
+        raise ValueError(f"{arg_name}={value!r} contains control character(s) {control} (e.g. a newline or a "
+                         "tab): folder and S3 key names must be printable. Remove them (str.strip() "
+                         "removes a trailing newline).")
     return value
 
 

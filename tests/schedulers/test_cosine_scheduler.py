@@ -19,9 +19,10 @@ def closed_form(t, lr_max, warmup, cosine, start, lr_min, k):
     return lr_min
 
 
-def recorded_lrs(scheduler, optimizer=None, num_epochs=8, grad_accumulation=2, extra=(), **fit_kwargs):
+def recorded_lrs(scheduler, optimizer=None, num_epochs=8, grad_accumulation=2, extra=(), model=None,
+                 **fit_kwargs):
     """lr of every update, read just before the optimizer steps."""
-    loop = make_loop(num_train=56, optimizer=optimizer)  # 7 batches -> 4 updates per epoch with accumulation 2
+    loop = make_loop(model=model, num_train=56, optimizer=optimizer)  # 7 batches -> 4 updates per epoch with accumulation 2
     lrs = Recorder("on_after_gradient_update", lambda lp: [g["lr"] for g in lp.optimizer.param_groups])
     fit_kwargs.setdefault("num_epochs", num_epochs)
     loop.fit(callbacks=[scheduler, lrs, *extra], grad_accumulation=grad_accumulation, **fit_kwargs)
@@ -54,7 +55,7 @@ def test_ratios_per_param_group():
     optimizer = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.1},
                                  {"params": model[2].parameters(), "lr": 0.02}])
     scheduler = CosineLrScheduler(num_warmup_epochs=1, warmup_starting_lr_ratio=0.5, min_lr_ratio=0.1)
-    records, _ = recorded_lrs(scheduler, optimizer=optimizer, num_epochs=4)
+    records, _ = recorded_lrs(scheduler, optimizer=optimizer, num_epochs=4, model=model)
     for group, lr_max in enumerate((0.1, 0.02)):
         expected = [closed_form(t, lr_max, 4, 12, 0.5 * lr_max, 0.1 * lr_max, 1.0) for t in range(16)]
         assert [r[group] for r in records] == pytest.approx(expected, rel=1e-12)

@@ -25,7 +25,7 @@ prediction run started with ``execute_callbacks=True``.
 """
 from __future__ import annotations
 
-from typing import FrozenSet, Optional
+from typing import FrozenSet, List, Optional, Sequence, Tuple
 
 from aitoolbox.torchtrain.train_loop.components.callback_handler import HOOKS
 
@@ -74,6 +74,27 @@ class AbstractCallback:
             cached = frozenset(h for h in HOOKS if getattr(cls, h) is not getattr(AbstractCallback, h))
             cls._implemented_hooks = cached
         return cached
+
+    def produced_history_metrics(self) -> Optional[List[str]]:
+        """The training-history keys this callback writes (checked against the watched ones at ``fit``).
+
+        Names, or ``'prefix*'`` patterns for keys known only at run time (e.g. ``'val_*'`` for a
+        result package's metrics). Override it in a callback that writes history keys, so that a
+        callback watching a misspelt key fails at ``fit``. The default: none for aitoolbox's
+        callbacks; None (may write any key) for every other class, which turns a missing key
+        into a warning after the first epoch instead.
+        """
+        from aitoolbox.torchtrain.callbacks.metric_watch import produced_by_default
+        return produced_by_default(self)
+
+    def monitored_history_metrics(self) -> Sequence[Tuple[str, str, bool]]:
+        """The training-history keys this callback reads: ``(argument name, key, during_epochs)``.
+
+        ``fit`` raises when no callback nor the TrainLoop writes one of them (see
+        :meth:`produced_history_metrics`). ``during_epochs`` False: read only at the end of
+        training. Default: none.
+        """
+        return ()
 
     def state_dict(self) -> Optional[dict]:
         """State saved with checkpoints; None for a stateless callback."""

@@ -65,6 +65,9 @@ class _MetricStopper(AbstractCallback):
         """The best value of ``monitor`` so far (None before the first one)."""
         return self.watcher.best
 
+    def monitored_history_metrics(self):
+        return [("monitor", self.monitor, True)]
+
     def is_good(self, value: float) -> bool:
         """Whether ``value`` resets the patience counter (implemented by subclasses)."""
         raise NotImplementedError
@@ -333,6 +336,9 @@ class FunctionOnTrainLoop(AbstractCallback):
     def implemented_hooks(self):  # per instance: subscribe to the selected hooks only
         """The hooks selected at construction."""
         return frozenset(hook for flag, hook in self._FLAGS.items() if getattr(self, flag))
+
+    def produced_history_metrics(self):
+        return None  # the user's function may write any history key
 
     def execute_callback(self) -> None:
         """Call the function with the TrainLoop."""

@@ -50,6 +50,9 @@ class ModelEmaCallback(AbstractCallback):
         """The averaged model."""
         return self.model_ema.module
 
+    def produced_history_metrics(self):
+        return [self.history_name, f"{self.history_name}_*"] if self.evaluate else []
+
     def on_train_loop_registration(self):
         if self.model_ema is None:
             self.model_ema = ModelEma(self.train_loop_obj.unwrapped_model(), self.decay, self.device)

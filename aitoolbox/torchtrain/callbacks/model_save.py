@@ -108,6 +108,10 @@ class ModelCheckpoint(AbstractExperimentCallback):
         self.registry = CheckpointRegistry(metric, num_best_checkpoints_kept)
         self.crash_point = checkpointing.CrashResumePoint()
 
+    def monitored_history_metrics(self):
+        metric = self.registry.metric_name
+        return [("rm_subopt_local_models", metric, True)] if metric else []
+
     def on_train_loop_registration(self):
         super().on_train_loop_registration()
         self.crash_point.on_train_begin(self.train_loop_obj)

@@ -71,6 +71,9 @@ class TrainingMonitor(AbstractCallback):
         self.last_record: Dict[str, float] = {}
         self._grad_norm: Optional[torch.Tensor] = None
 
+    def produced_history_metrics(self):
+        return ["monitor_*"] if self.write_history else []
+
     def on_after_gradient_update(self, optimizer_idx: int):
         loop = self.train_loop_obj
         # The step counter is incremented after the update: this update is step count + 1.

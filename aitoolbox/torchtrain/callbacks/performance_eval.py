@@ -93,6 +93,12 @@ class ModelPerformanceEvaluation(AbstractCallback):
         self.eval_frequency = _check_frequency(eval_frequency, "eval_frequency")
         self.if_available_output_to_project_dir = if_available_output_to_project_dir
 
+    def produced_history_metrics(self):
+        """``[train_|val_]<metric>`` of the package (its names are known only once it ran)."""
+        datasets = (["train_"] if self.on_train_data else []) + (["val_"] if self.on_val_data else [])
+        produced = [f"train_end_{d}*" for d in datasets]
+        return produced + ([f"{d}*" for d in datasets] if self.on_each_epoch else [])
+
     def on_train_loop_registration(self):
         loop = self.train_loop_obj
         if self.on_val_data and loop.validation_loader is None:
@@ -176,6 +182,11 @@ class ModelPerformancePrintReport(AbstractCallback):
         self.on_each_epoch, self.report_frequency = on_each_epoch, _check_frequency(report_frequency,
                                                                                     "report_frequency")
         self.strict_metric_reporting, self.list_tracked_metrics = strict_metric_reporting, list_tracked_metrics
+
+    def monitored_history_metrics(self):
+        if not self.strict_metric_reporting:  # missing metrics are accepted (and warned about)
+            return []
+        return [("metrics", metric, self.on_each_epoch) for metric in self.metrics]
 
     def on_epoch_end(self):
         if self.on_each_epoch and _due(self.train_loop_obj.epoch, self.report_frequency):
@@ -370,6 +381,9 @@ class TrainHistoryFormatter(AbstractCallback):
         self.input_metric_getter, self.output_metric_setter = input_metric_getter, output_metric_setter
         self.epoch_end, self.train_end, self.strict_metric_extract = epoch_end, train_end, strict_metric_extract
 
+    def produced_history_metrics(self):
+        return None  # the output's name comes from output_metric_setter, at run time
+
     def on_epoch_end(self):
         if self.epoch_end:
             self.format_history()
@@ -423,6 +437,14 @@ class MetricHistoryRename(TrainHistoryFormatter):
                          strict_metric_extract)
         self.callback_name = f"Metric history rename {input_metric_path} -> {new_metric_name}"
         self.input_metric_path, self.new_metric_name = input_metric_path, new_metric_name
+
+    def produced_history_metrics(self):
+        return [self.new_metric_name, f"{self.new_metric_name}_*"]
+
+    def monitored_history_metrics(self):
+        if not self.strict_metric_extract:  # a missing input is skipped, as asked
+            return []
+        return [("input_metric_path", self.input_metric_path.split("/")[0], self.epoch_end)]
 
 
 def _name_value(name: str, value: Any) -> Tuple[str, Any]:

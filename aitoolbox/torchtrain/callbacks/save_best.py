@@ -48,6 +48,9 @@ class SaveBestModel(AbstractCallback):
         """The best value of the monitored metric so far."""
         return self.watcher.best
 
+    def monitored_history_metrics(self):
+        return [("monitor", self.watcher.monitor, True)]
+
     def on_epoch_end(self):
         value = self.watcher.new_value(self.train_loop_obj.train_history)
         if value is None or not self.watcher.is_improvement(value):

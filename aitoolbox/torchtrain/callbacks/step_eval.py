@@ -33,6 +33,10 @@ class EvaluateEveryNSteps(AbstractCallback):
             raise ValueError("EvaluateEveryNSteps: set on_val and / or on_train to True.")
         self.n_steps, self.on_val, self.on_train = n_steps, on_val, on_train
 
+    def produced_history_metrics(self):
+        names = ["step_idx"] + (["step_loss"] if self.on_train else []) + (["step_val_loss"] if self.on_val else [])
+        return names + [f"{name}_*" for name in names[1:]]
+
     def on_train_loop_registration(self):
         if self.on_val and self.train_loop_obj.validation_loader is None:
             raise ValueError("EvaluateEveryNSteps(on_val=True) needs a validation_loader in the TrainLoop; "

@@ -154,7 +154,12 @@ class ReduceLROnPlateauMetricScheduler(GeneralLRSchedulerCallback):
                  **kwargs):
         super().__init__(torch.optim.lr_scheduler.ReduceLROnPlateau, optimizer_idx,
                          execution_order=execution_order, **kwargs)
+        if not isinstance(metric_name, str) or not metric_name:
+            raise TypeError(f"metric_name must be the name of a training-history metric, got {metric_name!r}.")
         self.metric_name = metric_name
+
+    def monitored_history_metrics(self):
+        return [("metric_name", self.metric_name, True)]
 
     def step(self) -> None:
         history = self.train_loop_obj.train_history

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from aitoolbox.experiment.experiment_folder import new_timestamp
 from aitoolbox.experiment.training_history import TrainingHistory
+from aitoolbox.torchtrain.callbacks.metric_watch import warn_missing_metrics
 from aitoolbox.torchtrain.model import split_model
 from aitoolbox.torchtrain.multi_loss_optim import MultiLoss, MultiOptimizer
 from aitoolbox.torchtrain.train_loop.components import checkpointing
@@ -99,7 +100,9 @@ class TrainLoop:
                  cuda_device_idx: Optional[int] = None, use_amp: Union[bool, dict] = False,
                  show_progress: bool = True, torch_compile: Union[bool, dict] = False):
         validation.validate_init_args(model, train_loader, validation_loader, test_loader, optimizer,
-                                      criterion, end_auto_eval, use_amp, torch_compile)
+                                      criterion, end_auto_eval, use_amp, torch_compile,
+                                      flags=dict(show_progress=show_progress, print_callbacks=print_callbacks,
+                                                 lazy_experiment_save=lazy_experiment_save))
         self.model = model
         self.train_loader, self.validation_loader, self.test_loader = (
             train_loader, validation_loader, test_loader)
@@ -156,6 +159,8 @@ class TrainLoop:
         self._pending_grads: Optional[list] = None
         self._checkpoint_phase = None  # 'batch_end' / 'epoch_end' while those hooks run
         self._eval_loaders: Dict[int, Any] = {}
+        self._check_empty_batches = False  # set per fit: whether the train loader can yield empty batches
+        self._unverified_metrics: list = []  # watched metrics to look for after the first epoch
 
     # ------------------------------------------------------------------ public training API
     def fit(self, num_epochs: int = 0, num_iterations: int = 0, callbacks: Optional[Sequence] = None,
@@ -182,7 +187,10 @@ class TrainLoop:
             ValueError, TypeError: invalid arguments, before any training work.
         """
         validation.validate_fit_args(self, num_epochs, num_iterations, callbacks, grad_accumulation)
+        validation.validate_strategy_kwargs(self.gpu_mode, kwargs)
         strategy_args = self.strategy.check_fit_kwargs(kwargs)
+        self._unverified_metrics = validation.check_callbacks(
+            self, self.callbacks_handler.callbacks_cache + list(callbacks or []))
         train_args = dict(num_epochs=num_epochs, num_iterations=num_iterations,
                           callbacks=list(callbacks or []), grad_accumulation=grad_accumulation)
         return self.strategy.launch(self, train_args, strategy_args)
@@ -267,6 +275,8 @@ class TrainLoop:
 
     def _forward_backward(self, batch_data):
         """Loss of the batch (kept for ``accumulated_loss``), scaled to its window, back-propagated."""
+        if self._check_empty_batches:  # only for loaders that can yield them (custom sampler / collate)
+            validation.require_batch_samples(batch_data, "train_loader", self.iteration, self.epoch)
         loss_batch = self._calculate_batch_loss(batch_data)
         self.loss_batch_accum.append(loss_batch.detach())
         if self.grad_accumulation > 1:
@@ -285,10 +295,14 @@ class TrainLoop:
         Returns:
             The batch loss: a tensor or a ``MultiLoss``.
         """
-        if not self.amp_handler.enabled:  # no context manager at all on the plain path
-            return self.feed.get_loss(batch_data, self.criterion, self.device)
-        with self.amp_handler.autocast():
-            return self.feed.get_loss(batch_data, self.criterion, self.device)
+        try:  # free unless it raises (Python 3.11+)
+            if not self.amp_handler.enabled:  # no context manager at all on the plain path
+                return self.feed.get_loss(batch_data, self.criterion, self.device)
+            with self.amp_handler.autocast():
+                return self.feed.get_loss(batch_data, self.criterion, self.device)
+        except Exception as error:
+            validation.explain_batch_error(self.feed_def, batch_data, error)
+            raise
 
     def _backward_pass(self, loss_batch, optimizer_idx: int) -> None:
         """Back-propagate the loss (the losses mapped to optimizer ``optimizer_idx``).
@@ -350,6 +364,7 @@ class TrainLoop:
         self.module.train()
         if self.torch_compile:
             self.feed = self.strategy.compile_model(self.feed_def, self.torch_compile)
+        self._check_empty_batches = validation.may_yield_empty_batches(self.train_loader)
         self.callbacks_handler.reset()
         self.callbacks_handler.register_callbacks(callbacks, rank=self.strategy.rank)
         if self._pending_callback_state is not None:
@@ -416,6 +431,10 @@ class TrainLoop:
         self._checkpoint_phase = "epoch_end" if epoch_complete else None
         self.callbacks_handler.execute("on_epoch_end")
         self._checkpoint_phase = None
+        if self._unverified_metrics:  # watched metrics that only the first epoch could confirm
+            if self.is_main_process():
+                warn_missing_metrics(self.train_history, self._unverified_metrics)
+            self._unverified_metrics = []
         self.message_service.end_of_epoch_trigger()
         self.early_stop = self.strategy.any_rank(self.early_stop)
         if epoch_complete:
@@ -538,9 +557,14 @@ class TrainLoop:
         loader = self._eval_loader(data_loader)
         loss_sum, num_samples = None, 0
         with self._evaluation_mode(loader), torch.inference_mode():
-            for batch_data in loader:
+            for batch_idx, batch_data in enumerate(loader):
+                validation.require_batch_samples(batch_data, _loader_name(dataset_info), batch_idx)
                 with self.amp_handler.autocast():
-                    loss = self.feed.get_loss_eval(batch_data, self.criterion, self.device)
+                    try:
+                        loss = self.feed.get_loss_eval(batch_data, self.criterion, self.device)
+                    except Exception as error:
+                        validation.explain_batch_error(self.feed_def, batch_data, error)
+                        raise
                 n = batch_size_of(batch_data)
                 loss_sum, num_samples = weighted_sum(loss_sum, loss, n), num_samples + n
         validation.require_samples(num_samples, dataset_info)
@@ -735,6 +759,11 @@ class TrainLoop:
         train_args = dict(num_epochs=num_epochs, num_iterations=num_iterations, callbacks=list(callbacks or []),
                           grad_accumulation=grad_accumulation)
         return self.strategy.spawn_fit(self, gpu, ddp_args, train_args, list(in_process_data_load or []))
+
+
+def _loader_name(dataset_info: Optional[dict]) -> str:
+    dataset = (dataset_info or {}).get("type")
+    return f"{dataset}_loader" if dataset in ("train", "validation", "test") else "the data loader"
 
 
 def _overrides(obj, base: type, method: str) -> bool:

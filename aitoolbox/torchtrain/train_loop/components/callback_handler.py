@@ -65,6 +65,8 @@ class CallbacksHandler:
 
         Raises:
             TypeError: a callback is not an ``AbstractCallback``.
+            ValueError: a callback instance given twice (or already registered), or a
+                ``device_idx_execution`` naming a process that does not exist.
         """
         from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
 
@@ -78,6 +80,8 @@ class CallbacksHandler:
             if not isinstance(cb, AbstractCallback):
                 raise TypeError(f"callbacks[{idx}] is a {type(cb).__name__}; every callback must be "
                                 "an AbstractCallback instance.")
+        check_no_duplicates(self.registered_callbacks + list(callbacks or []))
+        self._check_device_idx_execution(callbacks or [])
         for cb in callbacks or []:
             if cb.device_idx_execution is not None and cb.device_idx_execution != rank:
                 continue
@@ -87,6 +91,20 @@ class CallbacksHandler:
             self.print_registered_callbacks()
         self.subscribers = {hook: [self._hook_function(cb, hook) for cb in self.registered_callbacks
                                    if hook in cb.implemented_hooks()] for hook in HOOKS}
+
+    def _check_device_idx_execution(self, callbacks: Sequence) -> None:
+        """A callback pinned to a rank that does not exist would silently never run."""
+        loop = self.train_loop_obj
+        strategy = getattr(loop, "strategy", None)
+        world_size = getattr(strategy, "world_size", 1)
+        if strategy is None or (getattr(loop, "gpu_mode", "single") == "ddp" and world_size == 1):
+            return  # a DDP loop outside its processes: the number of ranks is not known yet
+        for cb in callbacks:
+            idx = cb.device_idx_execution
+            if idx is not None and (isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < world_size):
+                raise ValueError(f"{cb.callback_name} ({type(cb).__name__}): device_idx_execution={idx!r}, but "
+                                 f"this run has {world_size} process(es) (ranks 0..{world_size - 1}), so the "
+                                 "callback would never run. Pass an existing rank, or None to run everywhere.")
 
     def _hook_function(self, cb, hook: str) -> Callable:
         """``cb``'s bound hook; in a multi-process run a rank-pinned callback's hook runs in the
@@ -205,6 +223,27 @@ class CallbacksHandler:
             seen[name] = seen.get(name, -1) + 1
             keyed[f"{name}:{seen[name]}"] = cb
         return keyed
+
+
+def check_no_duplicates(callbacks: Sequence) -> None:
+    """Raise when one callback instance appears twice: its hooks would run twice per event (a
+    scheduler would step twice per update).
+
+    Raises:
+        ValueError: naming the callback.
+    """
+    from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
+
+    seen = set()
+    for cb in callbacks:
+        if not isinstance(cb, AbstractCallback):
+            continue
+        if id(cb) in seen:
+            raise ValueError(f"The callback {cb.callback_name} ({type(cb).__name__}) is registered twice (the "
+                             "same instance): its hooks would run twice per event, e.g. a scheduler stepping "
+                             "twice per update. Pass each callback once; create a second instance if you "
+                             "really want it twice.")
+        seen.add(id(cb))
 
 
 def _run_solo(strategy, method: Callable, *args):

@@ -1,21 +1,23 @@
 """Argument checks of the TrainLoop: a clear error naming the argument, before any work."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader
+from torch.utils.data._utils.collate import default_collate, default_convert
 
 from aitoolbox.torchtrain.multi_loss_optim import MultiOptimizer
 from aitoolbox.torchtrain.train_loop.components.amp_handler import validate_use_amp
 
 
 def validate_init_args(model, train_loader, validation_loader, test_loader, optimizer, criterion,
-                       end_auto_eval, use_amp, torch_compile) -> None:
+                       end_auto_eval, use_amp, torch_compile, flags: Optional[Dict[str, Any]] = None) -> None:
     """Check the TrainLoop constructor's arguments.
 
     ``train_loader`` and ``optimizer`` may be None (a loop built for prediction / evaluation only,
-    as in the original aitoolbox); :func:`validate_fit_args` requires them.
+    as in the original aitoolbox); :func:`validate_fit_args` requires them. ``flags``: the
+    arguments that must be True or False, by name (``'no'`` would silently count as True).
 
     Raises:
         TypeError, ValueError: naming the offending argument and the fix.
@@ -33,6 +35,14 @@ def validate_init_args(model, train_loader, validation_loader, test_loader, opti
     if not isinstance(torch_compile, (bool, dict)):
         raise TypeError(f"torch_compile must be True/False or a dict of torch.compile arguments, got "
                         f"{type(torch_compile).__name__}.")
+    for name, value in (flags or {}).items():
+        require_bool(value, name)
+
+
+def require_bool(value: Any, arg_name: str) -> None:
+    """Raise a clear error when a True/False argument got anything else (e.g. ``'no'``, 0)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{arg_name} must be True or False, got {value!r} ({type(value).__name__}).")
 
 
 def _check_loaders(train_loader, validation_loader, test_loader) -> None:
@@ -62,6 +72,9 @@ def validate_fit_args(loop, num_epochs, num_iterations, callbacks, grad_accumula
                         f"{type(callbacks).__name__}.")
     _check_can_train(loop.train_loader, loop.optimizer)
     _check_train_length(loop.train_loader)
+    _check_eval_lengths(loop.validation_loader, loop.test_loader)
+    _check_criterion(loop)
+    _check_optimizer_params(loop)
 
 
 def _check_can_train(train_loader, optimizer) -> None:
@@ -104,3 +117,175 @@ def require_samples(num_samples: int, dataset_info: Optional[dict]) -> None:
 def is_data_loader(obj) -> bool:
     """Whether ``obj`` is a ``torch.utils.data.DataLoader``."""
     return isinstance(obj, DataLoader)
+
+
+def _check_eval_lengths(validation_loader, test_loader) -> None:
+    """An empty validation / test set would be found only at the first evaluation (0 / 0)."""
+    for name, loader in (("validation_loader", validation_loader), ("test_loader", test_loader)):
+        if loader is None:
+            continue
+        dataset = getattr(loader, "dataset", None)
+        num_samples = _len_or_none(dataset) if dataset is not None else None
+        if num_samples == 0 or _len_or_none(loader) == 0:
+            raise ValueError(f"{name} is empty ({'0 samples' if num_samples == 0 else 'no batches'}): "
+                             f"evaluating on it would fail after the first epoch. Pass a loader of a "
+                             f"non-empty data set, or {name}=None.")
+
+
+def _len_or_none(obj) -> Optional[int]:
+    try:
+        return len(obj)
+    except TypeError:  # no __len__ (an IterableDataset): nothing to check up front
+        return None
+
+
+def _check_criterion(loop) -> None:
+    """``criterion=None`` with a model whose loss is ``criterion(model(*inputs), target)``.
+
+    Only the feeds of aitoolbox are judged (a plain ``nn.Module``, ``TTBasicModel``,
+    ``MultiGPUModelWrap``, ``ModelWrap`` with ``BasicModelFeedDefinition``): a ``TTModel`` or a
+    feed definition of one's own may compute its loss without the criterion.
+    """
+    if loop.criterion is not None or not _loss_uses_criterion(loop.model, loop.feed_def):
+        return
+    raise ValueError(f"criterion is None, but the model ({type(loop.model).__name__}) computes its loss as "
+                     "criterion(model(*inputs), target): pass criterion=... to the TrainLoop (e.g. "
+                     "nn.CrossEntropyLoss()), or use a TTModel whose get_loss computes the loss itself.")
+
+
+def _loss_uses_criterion(model, feed_def) -> bool:
+    from aitoolbox.torchtrain.data.batch_model_feed_defs import BasicModelFeedDefinition
+    from aitoolbox.torchtrain.model import MultiGPUModelWrap, TTBasicModel, TTBasicMultiGPUModel
+
+    if feed_def is not None:
+        return type(feed_def).get_loss is BasicModelFeedDefinition.get_loss
+    model_type = type(model)
+    if isinstance(model, MultiGPUModelWrap):
+        return (model_type.get_loss is TTBasicMultiGPUModel.get_loss
+                and model_type.forward is MultiGPUModelWrap.forward)
+    return isinstance(model, TTBasicModel) and model_type.get_loss is TTBasicModel.get_loss
+
+
+def _check_optimizer_params(loop) -> None:
+    """Every optimizer must update some of the model's (or the criterion's) parameters.
+
+    A partial overlap (fine-tuning a subset) is fine; an optimizer built on another model's
+    parameters (e.g. a model re-created after its optimizer) would train nothing.
+    """
+    owned = {id(p) for p in loop.module.parameters()}
+    if isinstance(loop.criterion, torch.nn.Module):
+        owned.update(id(p) for p in loop.criterion.parameters())
+    for idx, optimizer in enumerate(loop.optimizers):
+        params = [p for group in getattr(optimizer, "param_groups", ()) for p in group["params"]]
+        if params and not any(id(p) in owned for p in params):
+            which = "optimizer" if len(loop.optimizers) == 1 else f"optimizer (MultiOptimizer entry {idx})"
+            raise ValueError(f"{which} updates {len(params)} parameter tensor(s), none of which belongs to the "
+                             f"model ({type(loop.module).__name__}) or the criterion: it was built on other "
+                             "parameters (another model, or a model re-created after the optimizer), so "
+                             "training would change nothing. Build it on this model, e.g. "
+                             f"{type(optimizer).__name__}(model.parameters(), ...).")
+
+
+def validate_strategy_kwargs(gpu_mode: str, kwargs: Mapping[str, Any]) -> None:
+    """Check the device arguments of ``fit`` that the strategies would take silently.
+
+    Raises:
+        TypeError, ValueError: ``on_gpu`` not a bool; DataParallel device ids that do not exist.
+    """
+    if gpu_mode == "ddp" and "on_gpu" in kwargs:
+        require_bool(kwargs["on_gpu"], "on_gpu")
+    if gpu_mode == "dp" and kwargs.get("dp_model_args") is not None:
+        dp_args = kwargs["dp_model_args"]
+        if not isinstance(dp_args, Mapping):
+            raise TypeError(f"dp_model_args must be a dict of nn.DataParallel arguments (device_ids, "
+                            f"output_device, dim), got {type(dp_args).__name__}.")
+        devices = list(dp_args.get("device_ids") or [])
+        if dp_args.get("output_device") is not None:
+            devices.append(dp_args["output_device"])
+        check_cuda_devices(devices, "dp_model_args")
+
+
+def check_cuda_devices(devices: Sequence, arg_name: str) -> None:
+    """Raise when a CUDA device index (or ``torch.device``) in ``devices`` is not visible."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for device in devices:
+        index = device.index if isinstance(device, torch.device) else device
+        is_cuda = not isinstance(device, torch.device) or device.type == "cuda"
+        if isinstance(index, bool) or not isinstance(index, int) or (is_cuda and not 0 <= index < count):
+            raise ValueError(f"{arg_name} names CUDA device {device!r}, but {count} CUDA device(s) are "
+                             f"visible (indices 0..{count - 1}): pass existing device ids"
+                             f"{'' if count else ', or no dp_model_args on a machine without GPUs'}.")
+
+
+def may_yield_empty_batches(loader) -> bool:
+    """Whether ``loader`` can yield a batch of 0 samples (checked per batch then).
+
+    A DataLoader batching with torch's own BatchSampler (or batching an IterableDataset) and the
+    default collate never does, so the usual loader costs no check per step.
+    """
+    if not isinstance(loader, DataLoader) or loader.collate_fn not in (default_collate, default_convert):
+        return True
+    batch_sampler = loader.batch_sampler
+    if batch_sampler is None:
+        return loader.batch_size is None  # unbatched: the dataset's items are the batches
+    return type(batch_sampler) is not BatchSampler
+
+
+def first_tensor(batch: Any) -> Optional[torch.Tensor]:
+    """The first tensor of a (nested) batch, or None."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    items = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for item in items:
+        found = first_tensor(item)
+        if found is not None:
+            return found
+    return None
+
+
+def require_batch_samples(batch: Any, loader_name: str, batch_idx: int, epoch: Optional[int] = None) -> None:
+    """Raise a clear error for a batch of 0 samples (its mean loss would be a silent NaN).
+
+    Args:
+        batch: the batch.
+        loader_name: e.g. ``'train_loader'``.
+        batch_idx: index of the batch (in its epoch).
+        epoch: index of the epoch, for training batches.
+    """
+    tensor = first_tensor(batch)
+    if tensor is not None and tensor.dim() > 0 and tensor.shape[0] == 0:
+        where = f"batch {batch_idx}" + ("" if epoch is None else f" of epoch {epoch + 1}")
+        raise ValueError(f"{loader_name} yielded an empty batch ({where} has 0 samples): its loss would be "
+                         "NaN. Check the batch sampler / collate_fn, which must not produce empty batches.")
+
+
+def explain_batch_error(feed_def, batch: Any, error: BaseException) -> None:
+    """Raise a clear error when a batch's shape cannot fit the model's feed, else return.
+
+    Called only when computing a batch's loss raised: a dict batch fed to a plain ``nn.Module``
+    (fed as ``(*inputs, target)``) fails deep inside the model (``linear()`` gets the keys).
+    """
+    from aitoolbox.torchtrain.data.batch_model_feed_defs import BasicModelFeedDefinition
+
+    if isinstance(batch, Mapping) and isinstance(feed_def, BasicModelFeedDefinition):
+        raise TypeError(f"The batch is a dict (keys {list(batch)[:5]}), but the model is a plain nn.Module, "
+                        "fed (*inputs, target) batches: yield (inputs, target) tuples from the loader, or "
+                        "make the model a TTModel (or a ModelWrap with a feed definition) whose get_loss / "
+                        "get_predictions read the dict.") from error
+
+
+def check_callbacks(loop, callbacks: Sequence) -> List:
+    """Check a run's callbacks before training: no instance twice, watched metrics produced.
+
+    Returns:
+        The watched metrics that can only be confirmed after the first epoch (see
+        :func:`aitoolbox.torchtrain.callbacks.metric_watch.check_monitored_metrics`).
+
+    Raises:
+        ValueError: a callback registered twice, or one watching a metric nothing writes.
+    """
+    from aitoolbox.torchtrain.callbacks.metric_watch import check_monitored_metrics
+    from aitoolbox.torchtrain.train_loop.components.callback_handler import check_no_duplicates
+
+    check_no_duplicates(callbacks)
+    return check_monitored_metrics(loop, callbacks)
