@@ -11,7 +11,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Tuple
+from abc import ABC, abstractmethod
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -20,14 +21,22 @@ from aitoolbox.torchtrain.data.batch_model_feed_defs import (
     AbstractModelFeedDefinition, BasicModelFeedDefinition, move_to_device)
 
 
-class TTModel(nn.Module):
+class TTModel(nn.Module, ABC):
     """``nn.Module`` that knows how to compute its own loss and predictions from a batch.
 
-    Implement ``forward``, :meth:`get_loss` and :meth:`get_predictions`. Inside them call
-    ``self(...)`` for the forward pass: under DataParallel / DistributedDataParallel the call goes
-    through the wrapper, so that batches are scattered and gradients synchronised.
+    Implement ``forward``, :meth:`get_loss` and :meth:`get_predictions` (both abstract: a subclass
+    lacking one cannot be instantiated, as in aitoolbox 1.8). Inside them call ``self(...)`` for
+    the forward pass: under DataParallel / DistributedDataParallel the call goes through the
+    wrapper, so that batches are scattered and gradients synchronised.
     """
 
+    def __init__(self):
+        super().__init__()
+        #: aitoolbox 1.8's list of attributes to copy onto a DP / DDP wrapper. Kept for scripts
+        #: that fill it in; not needed here: the wrappers read every attribute of the model live.
+        self.transfer_model_attributes: List[str] = []
+
+    @abstractmethod
     def get_loss(self, batch_data: Any, criterion: Any, device: torch.device):
         """Loss of one training batch.
 
@@ -46,6 +55,7 @@ class TTModel(nn.Module):
         """Loss of one evaluation batch; defaults to :meth:`get_loss`."""
         return self.get_loss(batch_data, criterion, device)
 
+    @abstractmethod
     def get_predictions(self, batch_data: Any, device: torch.device) -> Tuple[Any, Any, Optional[dict]]:
         """Predictions of one batch.
 
@@ -61,7 +71,13 @@ class TTModel(nn.Module):
 
 
 class TTBasicModel(TTModel):
-    """``TTModel`` with ``get_loss`` / ``get_predictions`` for batches shaped ``(*inputs, target)``."""
+    """``TTModel`` with ``get_loss`` / ``get_predictions`` for batches shaped ``(*inputs, target)``.
+
+    ``get_loss`` moves the inputs and the target to ``device`` and returns
+    ``criterion(self(*inputs), target)``; ``get_predictions`` moves only the inputs and returns
+    ``(self(*inputs), target, {})``. Batch elements that are not tensors (or lists / tuples / dicts
+    of them) are moved with their own ``.to(device)`` when they have one.
+    """
 
     _feed = BasicModelFeedDefinition()
 
@@ -69,7 +85,8 @@ class TTBasicModel(TTModel):
         return self._feed.get_loss(self, batch_data, criterion, device)
 
     def get_predictions(self, batch_data, device):
-        return self._feed.get_predictions(self, batch_data, device)
+        y_pred, y_true, _ = self._feed.get_predictions(self, batch_data, device)
+        return y_pred, y_true, {}  # aitoolbox 1.8's TTBasicModel: an empty metadata dict, not None
 
 
 class ModelWrap:
@@ -180,17 +197,11 @@ def split_model(model) -> Tuple[nn.Module, Optional[AbstractModelFeedDefinition]
 
     Raises:
         TypeError: the model is neither a TTModel, a ModelWrap nor an nn.Module.
-        NotImplementedError: a TTModel subclass that does not implement get_loss/get_predictions.
     """
     if isinstance(model, ModelWrap):
         return model.model, model.batch_model_feed_def
     if isinstance(model, TTModel):
-        for name in ("get_loss", "get_predictions"):
-            if getattr(type(model), name) is getattr(TTModel, name):
-                raise NotImplementedError(
-                    f"model {type(model).__name__} is a TTModel but does not implement {name}(). "
-                    "Implement it, subclass TTBasicModel, or pass a plain nn.Module.")
-        return model, None
+        return model, None  # get_loss / get_predictions are abstract: the model implements them
     if isinstance(model, nn.Module):
         if hasattr(model, "module") and isinstance(getattr(model, "module"), TTModel):
             return model, None  # a TTDataParallel / TTDistributedDataParallel built by the user

@@ -131,19 +131,29 @@ class MultiLoss(dict):
         return self.map_values(lambda v: v.detach())
 
     def item(self) -> Dict[str, float]:
-        """The losses as a plain ``{name: float}`` dict."""
-        return {k: float(v.detach()) for k, v in self.items()}
+        """The losses as a plain ``{name: number}`` dict (each loss's ``.item()``)."""
+        return {k: v.item() for k, v in self.items()}
 
     def total(self) -> torch.Tensor:
         """Sum of all the losses."""
         return sum(self.values())
 
 
+#: what an optimizer that does not subclass ``torch.optim.Optimizer`` must provide
+_OPTIMIZER_METHODS = ("step", "zero_grad", "state_dict")
+
+
 class MultiOptimizer:
     """A list of optimizers stepped, zeroed and checkpointed together or one at a time.
 
     Args:
-        optimizer_list: the optimizers, in the order that ``MultiLoss`` indices refer to.
+        optimizer_list: the optimizers, in the order that ``MultiLoss`` indices refer to: each a
+            ``torch.optim.Optimizer`` or an object with the optimizer methods ``step``,
+            ``zero_grad`` and ``state_dict`` (an optimizer wrapper that does not subclass it).
+
+    Raises:
+        ValueError: ``optimizer_list`` is empty.
+        TypeError: an element is not an optimizer.
     """
 
     def __init__(self, optimizer_list: Iterable[torch.optim.Optimizer]):
@@ -151,9 +161,10 @@ class MultiOptimizer:
         if not self.optimizer_lst:
             raise ValueError("MultiOptimizer needs at least one optimizer in optimizer_list.")
         for idx, opt in enumerate(self.optimizer_lst):
-            if not isinstance(opt, torch.optim.Optimizer):
+            missing = [name for name in _OPTIMIZER_METHODS if not callable(getattr(opt, name, None))]
+            if not isinstance(opt, torch.optim.Optimizer) and missing:
                 raise TypeError(f"optimizer_list[{idx}] is a {type(opt).__name__}, not a "
-                                "torch.optim.Optimizer.")
+                                f"torch.optim.Optimizer (it has no {', '.join(missing)} method).")
 
     @property
     def optimizer_list(self) -> List[torch.optim.Optimizer]:
@@ -187,7 +198,10 @@ class MultiOptimizer:
         aitoolbox 1.8's arguments ``(optimizer_idx, iteration)``.
         """
         for opt in self._select(optimizer_idx):
-            opt.zero_grad(set_to_none=set_to_none)
+            if set_to_none:  # torch's default: also works for wrappers whose zero_grad takes no argument
+                opt.zero_grad()
+            else:
+                opt.zero_grad(set_to_none=False)
 
     def _select(self, optimizer_idx: Optional[int]) -> List[torch.optim.Optimizer]:
         return self.optimizer_lst if optimizer_idx is None else [self.optimizer_lst[optimizer_idx]]

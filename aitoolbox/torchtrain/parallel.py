@@ -46,7 +46,13 @@ class ModuleView:
         try:
             return getattr(module, name)
         except AttributeError:
-            return getattr(object.__getattribute__(self, "_wrapper"), name)
+            pass
+        wrapper = object.__getattribute__(self, "_wrapper")
+        try:
+            return getattr(wrapper, name)
+        except AttributeError:
+            raise AttributeError(f"{type(module).__name__!r} object (wrapped in {type(wrapper).__name__}) "
+                                 f"has no attribute {name!r}") from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(object.__getattribute__(self, "_module"), name, value)

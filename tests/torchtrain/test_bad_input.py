@@ -51,10 +51,8 @@ def test_ttmodel_without_get_loss():
         def get_predictions(self, batch_data, device):
             return batch_data, batch_data, None
 
-    model = NoLoss()
-    with pytest.raises(NotImplementedError, match="does not implement get_loss"):
-        TrainLoop(model, loader(make_data(10), 5), None, None, torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1),
-                  None)
+    with pytest.raises(TypeError, match="abstract method.*get_loss"):  # get_loss is abstract (as in 1.8)
+        NoLoss()
 
 
 def test_model_of_wrong_type():

@@ -12,7 +12,9 @@ def move_to_device(data: Any, device: torch.device, non_blocking: bool = False) 
     """Move every tensor in a (nested) batch structure to ``device``.
 
     Args:
-        data: a tensor, or a list / tuple / dict holding tensors (nested any depth).
+        data: a tensor, or a list / tuple / dict holding tensors (nested any depth). Any other
+            object with a ``to`` method (a ``PackedSequence``, a tokenizer's ``BatchEncoding``,
+            a user's batch class) is moved with ``data.to(device)``; anything else is kept as it is.
         device: the target device.
         non_blocking: passed to ``Tensor.to`` (useful with pinned memory).
 
@@ -30,6 +32,9 @@ def move_to_device(data: Any, device: torch.device, non_blocking: bool = False) 
         return moved if type(data) is list else type(data)(moved)
     if isinstance(data, dict):
         return {k: move_to_device(v, device, non_blocking) for k, v in data.items()}
+    to = getattr(data, "to", None)
+    if callable(to) and not isinstance(data, (str, bytes, type)):
+        return to(device)
     return data
 
 

@@ -29,6 +29,14 @@ HOOKS = (
 )
 
 
+def _callbacks_at(hook: str) -> property:
+    """A read-only ``CallbacksHandler`` property: the registered callbacks implementing ``hook``."""
+    def callbacks_at(self) -> List:
+        return [cb for cb in self.registered_callbacks if hook in cb.implemented_hooks()]
+    return property(callbacks_at, doc=f"The registered callbacks implementing ``{hook}``, in execution "
+                                      "order (a read-only copy of aitoolbox 1.8's list).")
+
+
 class CallbacksHandler:
     """Registers callbacks with a TrainLoop and calls their hooks in order.
 
@@ -202,6 +210,76 @@ class CallbacksHandler:
         if isinstance(item, type):
             return any(type(cb) is item for cb in self.registered_callbacks)
         return any(cb is item for cb in self.registered_callbacks)
+
+    # ------------------------------------------------------------------ aitoolbox 1.8's surface
+    cbs_on_epoch_begin = _callbacks_at("on_epoch_begin")
+    cbs_on_epoch_end = _callbacks_at("on_epoch_end")
+    cbs_on_train_begin = _callbacks_at("on_train_begin")
+    cbs_on_train_end = _callbacks_at("on_train_end")
+    cbs_on_batch_begin = _callbacks_at("on_batch_begin")
+    cbs_on_batch_end = _callbacks_at("on_batch_end")
+    cbs_on_after_gradient_update = _callbacks_at("on_after_gradient_update")
+    cbs_on_after_optimizer_step = _callbacks_at("on_after_optimizer_step")
+    cbs_on_multiprocess_start = _callbacks_at("on_multiprocess_start")
+    cbs_on_after_batch_prediction = _callbacks_at("on_after_batch_prediction")
+
+    @property
+    def registered_cbs(self) -> List[List]:
+        """The ``cbs_on_*`` lists in aitoolbox 1.8's order (epoch begin / end, train begin / end, batch
+        begin / end, after gradient update, after optimizer step, multiprocess start, after batch
+        prediction)."""
+        return [self.cbs_on_epoch_begin, self.cbs_on_epoch_end, self.cbs_on_train_begin, self.cbs_on_train_end,
+                self.cbs_on_batch_begin, self.cbs_on_batch_end, self.cbs_on_after_gradient_update,
+                self.cbs_on_after_optimizer_step, self.cbs_on_multiprocess_start,
+                self.cbs_on_after_batch_prediction]
+
+    def should_enable_callback(self, callback) -> bool:
+        """Whether ``callback`` runs in this process: its ``device_idx_execution`` is None or this
+        process's rank (the TrainLoop's strategy's; 0 in a single-process run)."""
+        rank = getattr(getattr(self.train_loop_obj, "strategy", None), "rank", 0)
+        return callback.device_idx_execution is None or callback.device_idx_execution == rank
+
+    def mp_filter_callbacks(self) -> None:
+        """Drop the registered callbacks that :meth:`should_enable_callback` rejects in this process."""
+        self.registered_callbacks = [cb for cb in self.registered_callbacks if self.should_enable_callback(cb)]
+        self._subscribe_registered()
+
+    def split_on_execution_position(self, callbacks: Optional[Sequence], register_train_loop: bool = False) -> None:
+        """Subscribe ``callbacks`` to the hooks they implement, without the rest of registration.
+
+        Unlike :meth:`register_callbacks` the cache is left alone and ``on_train_loop_registration``
+        is called only with ``register_train_loop``. Callbacks that :meth:`should_enable_callback`
+        rejects are skipped.
+
+        Args:
+            callbacks: ``AbstractCallback`` instances (None: none).
+            register_train_loop: also give each callback the TrainLoop (``register_train_loop_object``).
+        """
+        self.enforce_callbacks_quality(callbacks or [])
+        for cb in callbacks or []:
+            if self.should_enable_callback(cb):
+                self.registered_callbacks.append(
+                    cb.register_train_loop_object(self.train_loop_obj) if register_train_loop else cb)
+        self.registered_callbacks.sort(key=lambda c: c.execution_order)
+        self._subscribe_registered()
+
+    def _subscribe_registered(self) -> None:
+        """Rebuild the hook lists from the registered callbacks."""
+        self.subscribers = {hook: [self._hook_function(cb, hook) for cb in self.registered_callbacks
+                                   if hook in cb.implemented_hooks()] for hook in HOOKS}
+
+    def enforce_callbacks_quality(self, callbacks: Sequence) -> None:
+        """Check callbacks before registration.
+
+        Raises:
+            TypeError: a callback is not an ``AbstractCallback``.
+        """
+        from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
+
+        for idx, cb in enumerate(callbacks):
+            if not isinstance(cb, AbstractCallback):
+                raise TypeError(f"callbacks[{idx}] is a {type(cb).__name__}; every callback must be "
+                                "an AbstractCallback instance.")
 
     def state_dict(self) -> Dict[str, dict]:
         """State of every stateful callback, keyed by name and occurrence."""

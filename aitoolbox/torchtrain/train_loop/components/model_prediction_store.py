@@ -8,7 +8,7 @@ what the TrainLoop cached. The store names are those the TrainLoop uses: ``('tra
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict
 
 from aitoolbox.torchtrain.train_loop.components.prediction_store import PredictionStore
 
@@ -25,6 +25,9 @@ class ModelPredictionStore(PredictionStore):
 
     Args:
         auto_purge: drop every entry when data of a later ``iteration_idx`` is inserted.
+
+    Attributes:
+        last_iteration_idx: the ``iteration_idx`` of the last auto purge (-1 before any).
     """
 
     def __init__(self, auto_purge: bool = False):
@@ -132,7 +135,20 @@ class ModelPredictionStore(PredictionStore):
         return self.get(*SOURCES[source_name], iteration_idx) is not None
 
     def auto_purge(self, iteration_idx: int) -> None:
-        """With ``auto_purge``: drop every entry once ``iteration_idx`` moved past the last one seen."""
+        """With ``auto_purge``: drop every entry once ``iteration_idx`` moved past the last purge's."""
         if self.do_auto_purge and iteration_idx > self.last_iteration_idx:
             self.clear()
-        self.last_iteration_idx = max(self.last_iteration_idx, iteration_idx)
+            self.last_iteration_idx = iteration_idx
+
+    @property
+    def prediction_store(self) -> Dict[str, Any]:
+        """The cache as aitoolbox 1.8 showed it: ``{'iteration_idx': <last purge's>, <source>: data}``.
+
+        A read-only snapshot; the source names are those of :data:`SOURCES`. Unlike 1.8, every
+        entry keeps its own ``iteration_idx`` tag as well (what ``has_*`` / ``get_*`` check).
+        """
+        snapshot: Dict[str, Any] = {"iteration_idx": self.last_iteration_idx}
+        for source_name, key in SOURCES.items():
+            if key in self._store:
+                snapshot[source_name] = self._store[key][1]
+        return snapshot
