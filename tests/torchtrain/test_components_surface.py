@@ -218,7 +218,9 @@ def test_handler_rank_filter():
     everywhere, here, elsewhere = BeginCB(), BeginCB(device_idx_execution=0), BeginCB(device_idx_execution=1)
     assert handler.should_enable_callback(everywhere) and handler.should_enable_callback(here)
     assert not handler.should_enable_callback(elsewhere)
-    handler.split_on_execution_position([everywhere, elsewhere])
+    with pytest.raises(ValueError, match="device_idx_execution=1"):   # rank 1 does not exist here
+        handler.split_on_execution_position([elsewhere])
+    handler.split_on_execution_position([everywhere])
     handler.registered_callbacks.append(elsewhere)  # as if registered before the process's rank was known
     handler.mp_filter_callbacks()
     assert loop.callbacks == [everywhere]

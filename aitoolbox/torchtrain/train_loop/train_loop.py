@@ -341,7 +341,7 @@ class TrainLoop:
         if self._user_zero_grad:
             self.optimizer.zero_grad(optimizer_idx, self.iteration)
         else:
-            self.optimizers[optimizer_idx].zero_grad(set_to_none=True)
+            self.optimizers[optimizer_idx].zero_grad()  # torch: set_to_none=True by default; optimizer-like wrappers take no argument
 
     def should_execute_optimizer_update(self) -> bool:
         """Whether the optimizer steps after the current batch.

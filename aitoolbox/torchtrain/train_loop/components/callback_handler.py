@@ -76,29 +76,18 @@ class CallbacksHandler:
             ValueError: a callback instance given twice (or already registered), or a
                 ``device_idx_execution`` naming a process that does not exist.
         """
-        from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
-
         if cache_callbacks:
             self.callbacks_cache += list(callbacks or [])
             return
         callbacks, self.callbacks_cache = self.callbacks_cache + list(callbacks or []), []
-        if rank is None:
-            rank = getattr(getattr(self.train_loop_obj, "strategy", None), "rank", 0)
-        for idx, cb in enumerate(callbacks or []):
-            if not isinstance(cb, AbstractCallback):
-                raise TypeError(f"callbacks[{idx}] is a {type(cb).__name__}; every callback must be "
-                                "an AbstractCallback instance.")
-        check_no_duplicates(self.registered_callbacks + list(callbacks or []))
-        self._check_device_idx_execution(callbacks or [])
-        for cb in callbacks or []:
-            if cb.device_idx_execution is not None and cb.device_idx_execution != rank:
-                continue
-            self.registered_callbacks.append(cb.register_train_loop_object(self.train_loop_obj))
+        self.enforce_callbacks_quality(callbacks)
+        for cb in callbacks:
+            if self.should_enable_callback(cb, rank):
+                self.registered_callbacks.append(cb.register_train_loop_object(self.train_loop_obj))
         self.registered_callbacks.sort(key=lambda c: c.execution_order)
         if print_callbacks:
             self.print_registered_callbacks()
-        self.subscribers = {hook: [self._hook_function(cb, hook) for cb in self.registered_callbacks
-                                   if hook in cb.implemented_hooks()] for hook in HOOKS}
+        self._subscribe_registered()
 
     def _check_device_idx_execution(self, callbacks: Sequence) -> None:
         """A callback pinned to a rank that does not exist would silently never run."""
@@ -233,10 +222,11 @@ class CallbacksHandler:
                 self.cbs_on_after_optimizer_step, self.cbs_on_multiprocess_start,
                 self.cbs_on_after_batch_prediction]
 
-    def should_enable_callback(self, callback) -> bool:
+    def should_enable_callback(self, callback, rank: Optional[int] = None) -> bool:
         """Whether ``callback`` runs in this process: its ``device_idx_execution`` is None or this
-        process's rank (the TrainLoop's strategy's; 0 in a single-process run)."""
-        rank = getattr(getattr(self.train_loop_obj, "strategy", None), "rank", 0)
+        process's rank (``rank``; None: the TrainLoop's strategy's, 0 in a single-process run)."""
+        if rank is None:
+            rank = getattr(getattr(self.train_loop_obj, "strategy", None), "rank", 0)
         return callback.device_idx_execution is None or callback.device_idx_execution == rank
 
     def mp_filter_callbacks(self) -> None:
@@ -273,6 +263,8 @@ class CallbacksHandler:
 
         Raises:
             TypeError: a callback is not an ``AbstractCallback``.
+            ValueError: a callback instance given twice (or already registered), or a
+                ``device_idx_execution`` naming a process that does not exist.
         """
         from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
 
@@ -280,6 +272,8 @@ class CallbacksHandler:
             if not isinstance(cb, AbstractCallback):
                 raise TypeError(f"callbacks[{idx}] is a {type(cb).__name__}; every callback must be "
                                 "an AbstractCallback instance.")
+        check_no_duplicates(self.registered_callbacks + list(callbacks))
+        self._check_device_idx_execution(callbacks)
 
     def state_dict(self) -> Dict[str, dict]:
         """State of every stateful callback, keyed by name and occurrence."""
