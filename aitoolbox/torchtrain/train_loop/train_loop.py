@@ -151,7 +151,8 @@ class TrainLoop:
         self.early_stop = False
         self.loss_batch_accum: List = []
         self.epoch_start_rng: Optional[dict] = None
-        self._epoch_len = 0
+        # batches in the current epoch (set at each epoch start); the loader's length until then
+        self._epoch_len = len(self.train_loader) if hasattr(self.train_loader, "__len__") else 0
         self._pending_callback_state: Optional[dict] = None
         self._pending_grads: Optional[list] = None
         self._checkpoint_phase = None  # 'batch_end' / 'epoch_end' while those hooks run
@@ -327,7 +328,7 @@ class TrainLoop:
         if self._user_zero_grad:
             self.optimizer.zero_grad(optimizer_idx, self.iteration)
         else:
-            self.optimizers[optimizer_idx].zero_grad(set_to_none=True)
+            self.optimizers[optimizer_idx].zero_grad()  # set_to_none (torch's default)
 
     def should_execute_optimizer_update(self) -> bool:
         """Whether the optimizer steps after the current batch.
@@ -360,7 +361,7 @@ class TrainLoop:
         if self.print_callbacks and self.is_main_process():
             self.callbacks_handler.print_registered_callbacks()
         for optimizer in self.optimizers:
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()  # set_to_none, torch's default; also a duck-typed optimizer's signature
         checkpointing.restore_pending_grads(self)
 
     def _training_done(self) -> bool:
