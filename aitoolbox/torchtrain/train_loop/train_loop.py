@@ -152,7 +152,7 @@ class TrainLoop:
         self.loss_batch_accum: List = []
         self.epoch_start_rng: Optional[dict] = None
         # batches in the current epoch (set at each epoch start); the loader's length until then
-        self._epoch_len = len(self.train_loader) if hasattr(self.train_loader, "__len__") else 0
+        self._epoch_len = _length_or_zero(self.train_loader)
         self._pending_callback_state: Optional[dict] = None
         self._pending_grads: Optional[list] = None
         self._checkpoint_phase = None  # 'batch_end' / 'epoch_end' while those hooks run
@@ -736,6 +736,14 @@ class TrainLoop:
         train_args = dict(num_epochs=num_epochs, num_iterations=num_iterations, callbacks=list(callbacks or []),
                           grad_accumulation=grad_accumulation)
         return self.strategy.spawn_fit(self, gpu, ddp_args, train_args, list(in_process_data_load or []))
+
+
+def _length_or_zero(loader) -> int:
+    """``len(loader)``, or 0 for None / a loader without a length (e.g. over an IterableDataset)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return 0
 
 
 def _overrides(obj, base: type, method: str) -> bool:
