@@ -225,8 +225,8 @@ class GradDistributionPlot(AbstractExperimentCallback):
                          experiment_name=experiment_name,
                          local_model_result_folder_path=local_model_result_folder_path,
                          cloud_save_mode=cloud_save_mode,
-                         bucket_name="model-result" if bucket_name is None else bucket_name,
-                         cloud_dir_prefix="" if cloud_dir_prefix is None else cloud_dir_prefix)
+                         bucket_name=bucket_name,
+                         cloud_dir_prefix=cloud_dir_prefix)
         self.device_idx_execution = 0
         self.model_layers_extract_def = model_layers_extract_def
         self.grad_plots_dir_name = grad_plots_dir_name

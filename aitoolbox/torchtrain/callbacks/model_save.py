@@ -65,6 +65,15 @@ def validate_save_frequency(save_frequency: Any, arg_name: str = "save_frequency
     return save_frequency
 
 
+def _check_optimizers_checkpointable(loop) -> None:
+    """A checkpoint holds every optimizer's ``state_dict()``: fail at registration, before training."""
+    for idx, optimizer in enumerate(getattr(loop, "optimizers", ())):
+        if not callable(getattr(optimizer, "state_dict", None)):
+            raise AttributeError(f"The optimizer (index {idx}, {type(optimizer).__name__}) has no state_dict() "
+                                 "method, so it cannot be checkpointed: use a torch.optim.Optimizer, give it "
+                                 "state_dict() / load_state_dict(), or train without checkpointing.")
+
+
 class ModelCheckpoint(AbstractExperimentCallback):
     """Write a full TrainLoop checkpoint at the end of every epoch, and one when training crashes.
 
@@ -103,8 +112,8 @@ class ModelCheckpoint(AbstractExperimentCallback):
                  num_best_checkpoints_kept: int = 2, *, experiment_store=None):
         metric = validate_checkpoint_args(rm_subopt_local_models, num_best_checkpoints_kept)
         super().__init__("Model checkpoint", project_name, experiment_name, local_model_result_folder_path,
-                         hyperparams, cloud_save_mode, bucket_name, cloud_dir_prefix,
-                         experiment_store=experiment_store, execution_order=SAVER_ORDER)
+                         cloud_save_mode, bucket_name, cloud_dir_prefix, SAVER_ORDER,
+                         hyperparams=hyperparams, experiment_store=experiment_store)
         self.registry = CheckpointRegistry(metric, num_best_checkpoints_kept)
         self.crash_point = checkpointing.CrashResumePoint()
 
@@ -114,6 +123,7 @@ class ModelCheckpoint(AbstractExperimentCallback):
 
     def on_train_loop_registration(self):
         super().on_train_loop_registration()
+        _check_optimizers_checkpointable(self.train_loop_obj)
         self.crash_point.on_train_begin(self.train_loop_obj)
 
     def on_train_begin(self):
@@ -280,8 +290,8 @@ class ModelTrainEndSave(AbstractExperimentCallback):
                  cloud_dir_prefix: str = "", source_dirs: Sequence = (), *, experiment_store=None):
         validate_result_packages(val_result_package, test_result_package)
         super().__init__("Model train end save", project_name, experiment_name, local_model_result_folder_path,
-                         hyperparams, cloud_save_mode, bucket_name, cloud_dir_prefix, source_dirs,
-                         experiment_store=experiment_store, execution_order=SAVER_ORDER)
+                         cloud_save_mode, bucket_name, cloud_dir_prefix, SAVER_ORDER, hyperparams=hyperparams,
+                         source_dirs=source_dirs, experiment_store=experiment_store)
         self.val_result_package = val_result_package
         self.test_result_package = test_result_package
 

@@ -113,9 +113,20 @@ class ModelPerformanceEvaluation(AbstractCallback):
     def on_epoch_end(self):
         if self.on_each_epoch and _due(self.train_loop_obj.epoch, self.eval_frequency):
             self.evaluate()
+        self._reset_metric_states()
 
     def on_train_end(self):
         self.evaluate(prefix="train_end_")
+
+    def _reset_metric_states(self) -> None:
+        """Stateful packages (``TorchMetricsPackage``) forget the epoch's accumulated state."""
+        for package in (self.train_result_package, self.result_package):
+            if package is not None and hasattr(package, "metric_reset"):
+                package.metric_reset()
+
+    def evaluate_model_performance(self, prefix: str = "") -> None:
+        """aitoolbox 1.8's name of :meth:`evaluate`."""
+        self.evaluate(prefix)
 
     def evaluate(self, prefix: str = "") -> None:
         """Evaluate the packages now and append their metrics to the history (every rank).
@@ -254,7 +265,7 @@ class ModelTrainHistoryBaseCB(AbstractExperimentCallback):
         if not epoch_end and not train_end:
             raise ValueError(f"{callback_name} writes nothing: set epoch_end and/or train_end.")
         super().__init__(callback_name, project_name, experiment_name, local_model_result_folder_path,
-                         None, cloud_save_mode, bucket_name, cloud_dir_prefix,
+                         cloud_save_mode, bucket_name, cloud_dir_prefix,
                          execution_order=WRITER_ORDER if execution_order is None else execution_order)
         self.epoch_end, self.train_end, self.file_format = epoch_end, train_end, file_format
 

@@ -71,8 +71,8 @@ class TensorboardReporterBaseCB(AbstractExperimentCallback):
                          experiment_name=experiment_name if names_given else None,
                          local_model_result_folder_path=local_model_result_folder_path if names_given else None,
                          cloud_save_mode=cloud_save_mode,
-                         bucket_name="model-result" if bucket_name is None else bucket_name,
-                         cloud_dir_prefix="" if cloud_dir_prefix is None else cloud_dir_prefix,
+                         bucket_name=bucket_name,
+                         cloud_dir_prefix=cloud_dir_prefix,
                          execution_order=execution_order)
         self.device_idx_execution = 0
         self.log_dir = DEFAULT_LOG_DIR if log_dir is None else os.path.expanduser(os.fspath(log_dir))

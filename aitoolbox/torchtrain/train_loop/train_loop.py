@@ -154,7 +154,8 @@ class TrainLoop:
         self.early_stop = False
         self.loss_batch_accum: List = []
         self.epoch_start_rng: Optional[dict] = None
-        self._epoch_len = 0
+        # batches in the current epoch (set at each epoch start); the loader's length until then
+        self._epoch_len = _length_or_zero(self.train_loader)
         self._pending_callback_state: Optional[dict] = None
         self._pending_grads: Optional[list] = None
         self._checkpoint_phase = None  # 'batch_end' / 'epoch_end' while those hooks run
@@ -341,7 +342,7 @@ class TrainLoop:
         if self._user_zero_grad:
             self.optimizer.zero_grad(optimizer_idx, self.iteration)
         else:
-            self.optimizers[optimizer_idx].zero_grad()  # torch: set_to_none=True by default; optimizer-like wrappers take no argument
+            self.optimizers[optimizer_idx].zero_grad()  # set_to_none (torch's default)
 
     def should_execute_optimizer_update(self) -> bool:
         """Whether the optimizer steps after the current batch.
@@ -375,7 +376,7 @@ class TrainLoop:
         if self.print_callbacks and self.is_main_process():
             self.callbacks_handler.print_registered_callbacks()
         for optimizer in self.optimizers:
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()  # set_to_none, torch's default; also a duck-typed optimizer's signature
         checkpointing.restore_pending_grads(self)
 
     def _training_done(self) -> bool:
@@ -764,6 +765,14 @@ class TrainLoop:
 def _loader_name(dataset_info: Optional[dict]) -> str:
     dataset = (dataset_info or {}).get("type")
     return f"{dataset}_loader" if dataset in ("train", "validation", "test") else "the data loader"
+
+
+def _length_or_zero(loader) -> int:
+    """``len(loader)``, or 0 for None / a loader without a length (e.g. over an IterableDataset)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return 0
 
 
 def _overrides(obj, base: type, method: str) -> bool:
