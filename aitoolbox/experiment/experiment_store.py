@@ -55,8 +55,9 @@ def cloud_backend(backend: Optional[str]):
 class ExperimentStore:
     """The experiment folder on local disk and, optionally, its mirror on S3 or GCS.
 
-    Validates everything at construction - names, the root folder, ``cloud_save_mode`` and, for
-    the cloud, that the bucket exists - so that mistakes surface before any training work. The folder
+    Validates names, the root folder and ``cloud_save_mode`` at construction, and that the bucket
+    exists at the start of ``fit`` (:meth:`check_cloud`), so that mistakes surface before any
+    training work (constructing a store does not talk to the network). The folder
     itself is created by :meth:`ensure_created` (at training start, or lazily at the first write).
 
     Class attributes, the defaults of every store (change them on the class or an instance):
@@ -99,18 +100,25 @@ class ExperimentStore:
         self.source_dirs = ef.validate_source_dirs(source_dirs)
         self.bucket_name = bucket_name
         self.experiment_script = ef.find_experiment_script(self.hyperparams)
-        if self.backend is not None:
-            self._check_bucket()
+        if self.backend is not None and (not isinstance(bucket_name, str) or not bucket_name):
+            raise ValueError(f"bucket_name must be a non-empty str with cloud_save_mode={self.backend!r}, "
+                             f"got {bucket_name!r}.")
+        self._cloud_checked = False
         self._uploader = None
         self._lock = threading.RLock()
         self._deferred_removals: List[str] = []
         self._flush_deadline: Optional[float] = None
 
-    def _check_bucket(self) -> None:
-        if not isinstance(self.bucket_name, str) or not self.bucket_name:
-            raise ValueError(f"bucket_name must be a non-empty str with cloud_save_mode={self.backend!r}, "
-                             f"got {self.bucket_name!r}.")
-        self.cloud.check_bucket_exists(self.bucket_name)
+    def check_cloud(self) -> None:
+        """Check once that the bucket exists and answers (at the start of ``fit``, before any work;
+        constructing a store does not talk to the network, as in aitoolbox 1.8).
+
+        Raises:
+            ValueError: naming the bucket and the fix.
+        """
+        if self.backend is not None and not self._cloud_checked:
+            self.cloud.check_bucket_exists(self.bucket_name)
+            self._cloud_checked = True
 
     # ------------------------------------------------------------------ identity & paths
     @property
@@ -257,7 +265,9 @@ class ExperimentStore:
         return [] if self._uploader is None else self._uploader.pending_keys()
 
     def start_run(self) -> None:
-        """Mark the start of a ``fit``: the next :meth:`finish_run` opens a new wait budget."""
+        """Mark the start of a ``fit`` (the bucket is checked, see :meth:`check_cloud`): the next
+        :meth:`finish_run` opens a new wait budget."""
+        self.check_cloud()
         self._flush_deadline = None
 
     def finish_run(self) -> bool:

@@ -120,10 +120,13 @@ def test_save_and_load_checkpoint_with_gs_uri(gcs_bucket):
 
 
 def test_missing_bucket_is_a_clear_error_before_training(gcs_endpoint_url, tmp_path):
+    loop = TrainLoopCheckpointEndSave(*loop_args(), "proj", "exp", tmp_path, {}, cloud_save_mode="gcs",
+                                   bucket_name="no-such-bucket-aitb")   # no network at construction, as in aitoolbox 1.8
+    model_before = [p.detach().clone() for p in loop.model.parameters()]
     with pytest.raises(ValueError, match="'no-such-bucket-aitb'.*does not exist"):
-        TrainLoopCheckpointEndSave(*loop_args(), "proj", "exp", tmp_path, {}, cloud_save_mode="gcs",
-                                   bucket_name="no-such-bucket-aitb")
+        loop.fit(num_epochs=1)
     assert os.listdir(tmp_path) == []
+    assert all(torch.equal(a, b) for a, b in zip(model_before, loop.model.parameters()))   # no training work
 
 
 class StopServerAt(AbstractCallback):

@@ -82,9 +82,12 @@ def test_save_and_load_checkpoint_with_s3_uri(s3_bucket):
 
 
 def test_missing_bucket_is_a_clear_error_before_training(s3_endpoint_url, tmp_path):
+    loop = TrainLoopCheckpoint(*loop_args(), "proj", "exp", tmp_path, {}, bucket_name="no-such-bucket-aitb")   # no network at construction, as in aitoolbox 1.8
+    model_before = [p.detach().clone() for p in loop.model.parameters()]
     with pytest.raises(ValueError, match="'no-such-bucket-aitb'.*does not exist"):
-        TrainLoopCheckpoint(*loop_args(), "proj", "exp", tmp_path, {}, bucket_name="no-such-bucket-aitb")
+        loop.fit(num_epochs=1)
     assert os.listdir(tmp_path) == []
+    assert all(torch.equal(a, b) for a, b in zip(model_before, loop.model.parameters()))   # no training work
 
 
 class StopServerAt(AbstractCallback):

@@ -2,8 +2,8 @@
 
 These classes only build the saving callbacks of :mod:`aitoolbox.torchtrain.callbacks.model_save`
 and add them to every ``fit``; the training itself is :class:`TrainLoop`'s. Everything about the
-experiment (names, root folder, ``cloud_save_mode``, the bucket) is checked in the constructor,
-before any training.
+experiment (names, root folder, ``cloud_save_mode``) is checked in the constructor, and the bucket
+at the start of ``fit``, before any training.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class _TrackingMixin:
     def fit(self, num_epochs: int = 0, num_iterations: int = 0, callbacks: Optional[Sequence] = None,
             grad_accumulation: int = 1, **kwargs):
         """Train like :meth:`TrainLoop.fit`, with this loop's saving callbacks added (run last)."""
+        self.experiment_store.check_cloud()   # in the launching process, before any work
         callbacks = list(callbacks or []) + self.tracking_callbacks
         return super().fit(num_epochs, num_iterations, callbacks, grad_accumulation, **kwargs)
 
