@@ -7,7 +7,7 @@ loss names to optimizer indices explicitly.
 from __future__ import annotations
 
 import copy
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import torch
 
@@ -140,7 +140,23 @@ class MultiLoss(dict):
 
 
 #: what an optimizer that does not subclass ``torch.optim.Optimizer`` must provide
-_OPTIMIZER_METHODS = ("step", "zero_grad", "state_dict")
+_OPTIMIZER_METHODS = ("step", "zero_grad")
+
+
+def check_optimizer_like(optimizer: Any, what: str) -> None:
+    """Accept a ``torch.optim.Optimizer`` or an object with its ``step`` and ``zero_grad`` methods
+    (an optimizer wrapper that does not subclass it, as aitoolbox 1.8 did).
+
+    Raises:
+        TypeError: naming ``what`` and the missing methods.
+    """
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return
+    missing = [name for name in _OPTIMIZER_METHODS if not callable(getattr(optimizer, name, None))]
+    if missing:
+        raise TypeError(f"{what} must be a torch.optim.Optimizer, a MultiOptimizer or an optimizer-like object "
+                        f"with step() and zero_grad(); got a {type(optimizer).__name__} (it has no "
+                        f"{', '.join(missing)} method).")
 
 
 class MultiOptimizer:
@@ -148,8 +164,9 @@ class MultiOptimizer:
 
     Args:
         optimizer_list: the optimizers, in the order that ``MultiLoss`` indices refer to: each a
-            ``torch.optim.Optimizer`` or an object with the optimizer methods ``step``,
-            ``zero_grad`` and ``state_dict`` (an optimizer wrapper that does not subclass it).
+            ``torch.optim.Optimizer`` or an object with the optimizer methods ``step`` and
+            ``zero_grad`` (an optimizer wrapper that does not subclass it; checkpoints also need
+            its ``state_dict``).
 
     Raises:
         ValueError: ``optimizer_list`` is empty.
@@ -161,10 +178,7 @@ class MultiOptimizer:
         if not self.optimizer_lst:
             raise ValueError("MultiOptimizer needs at least one optimizer in optimizer_list.")
         for idx, opt in enumerate(self.optimizer_lst):
-            missing = [name for name in _OPTIMIZER_METHODS if not callable(getattr(opt, name, None))]
-            if not isinstance(opt, torch.optim.Optimizer) and missing:
-                raise TypeError(f"optimizer_list[{idx}] is a {type(opt).__name__}, not a "
-                                f"torch.optim.Optimizer (it has no {', '.join(missing)} method).")
+            check_optimizer_like(opt, f"optimizer_list[{idx}]")
 
     @property
     def optimizer_list(self) -> List[torch.optim.Optimizer]:

@@ -62,7 +62,7 @@ def test_model_of_wrong_type():
 
 
 def test_optimizer_of_wrong_type():
-    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer or a MultiOptimizer"):
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer, a MultiOptimizer or an optimizer-like object"):
         _loop(optimizer="adam")
 
 

@@ -129,7 +129,7 @@ def test_multioptimizer_rejects_what_is_not_an_optimizer():
         def step(self):
             pass
 
-    with pytest.raises(TypeError, match=r"optimizer_list\[1\] is a OnlyStep.*zero_grad, state_dict"):
+    with pytest.raises(TypeError, match=r"optimizer_list\[1\] must be .* got a OnlyStep \(it has no zero_grad method\)"):
         MultiOptimizer([LooseOptimizer(), OnlyStep()])
 
 
@@ -245,3 +245,38 @@ def test_enforce_callbacks_quality_rejects_non_callbacks():
     handler.enforce_callbacks_quality([BeginCB()])
     with pytest.raises(TypeError, match=r"callbacks\[1\] is a str"):
         handler.enforce_callbacks_quality([BeginCB(), "not a callback"])
+
+
+class RecordingSGD:
+    """An optimizer wrapper that does not subclass torch.optim.Optimizer (as aitoolbox 1.8 allowed)."""
+
+    def __init__(self, params, lr):
+        self.inner = torch.optim.SGD(params, lr=lr)
+        self.steps = 0
+
+    def step(self):
+        self.steps += 1
+        self.inner.step()
+
+    def zero_grad(self):
+        self.inner.zero_grad()
+
+
+def test_an_optimizer_like_object_trains_the_model_like_the_optimizer_it_wraps():
+    model, twin = make_mlp(dropout=0.0), make_mlp(dropout=0.0)   # the same seed: the same weights
+    data = make_data(40)
+    wrapper = RecordingSGD(model.parameters(), lr=0.1)
+    TrainLoop(model, loader(data, 8), None, None, wrapper, nn.CrossEntropyLoss(), show_progress=False).fit(num_epochs=1)
+    TrainLoop(twin, loader(data, 8), None, None, torch.optim.SGD(twin.parameters(), lr=0.1), nn.CrossEntropyLoss(),
+              show_progress=False).fit(num_epochs=1)
+    assert wrapper.steps == 5
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+
+
+def test_an_object_without_the_optimizer_methods_is_refused_by_name():
+    class NoStep:
+        def zero_grad(self):
+            pass
+
+    with pytest.raises(TypeError, match=r"optimizer must be .* got a NoStep \(it has no step method\)"):
+        TrainLoop(make_mlp(), loader(make_data(10), 5), None, None, NoStep(), nn.CrossEntropyLoss())

@@ -111,7 +111,10 @@ class AmpHandler:
         """Back-propagate ``loss``, scaled when a GradScaler is in use."""
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
-        loss.backward(retain_graph=retain_graph)
+        if retain_graph:
+            loss.backward(retain_graph=True)
+        else:
+            loss.backward()   # also a user's loss-like object whose backward() takes no argument
 
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
         """Unscale ``optimizer``'s gradients in place (once per step; later calls are no-ops).

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader
 from torch.utils.data._utils.collate import default_collate, default_convert
 
-from aitoolbox.torchtrain.multi_loss_optim import MultiOptimizer
+from aitoolbox.torchtrain.multi_loss_optim import MultiOptimizer, check_optimizer_like
 from aitoolbox.torchtrain.train_loop.components.amp_handler import validate_use_amp
 
 
@@ -23,9 +23,8 @@ def validate_init_args(model, train_loader, validation_loader, test_loader, opti
         TypeError, ValueError: naming the offending argument and the fix.
     """
     _check_loaders(train_loader, validation_loader, test_loader)
-    if optimizer is not None and not isinstance(optimizer, (torch.optim.Optimizer, MultiOptimizer)):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer or a MultiOptimizer, got "
-                        f"{type(optimizer).__name__}.")
+    if optimizer is not None and not isinstance(optimizer, MultiOptimizer):
+        check_optimizer_like(optimizer, "optimizer")
     if isinstance(end_auto_eval, bool):
         pass
     elif not isinstance(end_auto_eval, int) or end_auto_eval < 1:
