@@ -142,3 +142,16 @@ def test_empty_train_loader():
     data = make_data(5)
     with pytest.raises(ValueError, match="train_loader yields no batches"):
         _loop(train_loader=loader(data, 10, drop_last=True)).fit(num_epochs=1)
+
+
+def test_a_loader_that_is_not_iterable_is_named_at_fit_and_at_prediction():
+    # aitoolbox 1.8 let a TrainLoop hold any object as a loader; the check comes at first use
+    model = make_mlp()
+    loop = TrainLoop(model, loader(make_data(10), 5), 100, None, torch.optim.SGD(model.parameters(), lr=1),
+                     nn.CrossEntropyLoss())
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(TypeError, match="validation_loader must be a torch.utils.data.DataLoader .* got int"):
+        loop.fit(num_epochs=1)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(TypeError, match="validation_loader must be a torch.utils.data.DataLoader .* got int"):
+        loop.predict_on_validation_set()

@@ -22,7 +22,6 @@ def validate_init_args(model, train_loader, validation_loader, test_loader, opti
     Raises:
         TypeError, ValueError: naming the offending argument and the fix.
     """
-    _check_loaders(train_loader, validation_loader, test_loader)
     if optimizer is not None and not isinstance(optimizer, MultiOptimizer):
         check_optimizer_like(optimizer, "optimizer")
     if isinstance(end_auto_eval, bool):
@@ -45,11 +44,17 @@ def require_bool(value: Any, arg_name: str) -> None:
 
 
 def _check_loaders(train_loader, validation_loader, test_loader) -> None:
+    """Loaders are checked when first used (``fit``, evaluation, prediction), not at construction:
+    aitoolbox 1.8 let a TrainLoop hold any object there, and its users' tests build loops that way."""
     for name, loader in (("train_loader", train_loader), ("validation_loader", validation_loader),
                          ("test_loader", test_loader)):
-        if loader is not None and not hasattr(loader, "__iter__"):
-            raise TypeError(f"{name} must be a torch.utils.data.DataLoader (or an iterable of "
-                            f"batches), got {type(loader).__name__}.")
+        _check_iterable(loader, name)
+
+
+def _check_iterable(loader, name: str) -> None:
+    if loader is not None and not hasattr(loader, "__iter__"):
+        raise TypeError(f"{name} must be a torch.utils.data.DataLoader (or an iterable of "
+                        f"batches), got {type(loader).__name__}.")
 
 
 def validate_fit_args(loop, num_epochs, num_iterations, callbacks, grad_accumulation) -> None:
@@ -69,6 +74,7 @@ def validate_fit_args(loop, num_epochs, num_iterations, callbacks, grad_accumula
     if callbacks is not None and not isinstance(callbacks, (list, tuple)):
         raise TypeError(f"callbacks must be a list of AbstractCallback objects, got "
                         f"{type(callbacks).__name__}.")
+    _check_loaders(loop.train_loader, loop.validation_loader, loop.test_loader)
     _check_can_train(loop.train_loader, loop.optimizer)
     _check_train_length(loop.train_loader)
     _check_eval_lengths(loop.validation_loader, loop.test_loader)
@@ -99,11 +105,12 @@ def _check_train_length(train_loader) -> None:
 
 
 def require_loader(loader, dataset: str) -> None:
-    """Raise a clear error when the loader for ``dataset`` was not given."""
+    """Raise a clear error when the loader for ``dataset`` was not given or is not a loader."""
+    arg = {"train": "train_loader", "validation": "validation_loader", "test": "test_loader"}[dataset]
     if loader is None:
-        arg = {"train": "train_loader", "validation": "validation_loader", "test": "test_loader"}[dataset]
         raise ValueError(f"No {dataset} data: {arg} is None. Pass {arg}=DataLoader(...) to the "
                          "TrainLoop to evaluate or predict on this set.")
+    _check_iterable(loader, arg)
 
 
 def require_samples(num_samples: int, dataset_info: Optional[dict]) -> None:
