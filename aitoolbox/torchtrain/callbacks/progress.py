@@ -175,11 +175,15 @@ class EpochProgress:
 class TqdmEpochProgress(EpochProgress):
     """A tqdm bar (cleared at the end of the epoch) with the running mean batch loss as postfix."""
 
+    #: tqdm's ``mininterval``: seconds between two redraws
+    mininterval = 0.1
+
     def __init__(self, loop, stream=None):
         super().__init__(loop, stream)
         from tqdm.auto import tqdm
         self.bar = tqdm(total=self.total, initial=self.start_iteration, desc=self.desc, leave=False,
-                        dynamic_ncols=True, file=self.stream if stream is not None else None)
+                        dynamic_ncols=True, mininterval=self.mininterval,
+                        file=self.stream if stream is not None else None)
 
     def show(self, now: float) -> None:
         loss = self.running_loss()
