@@ -160,7 +160,9 @@ def metric_figure(metric_name: str, values: Sequence[float], epochs: Optional[Se
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
     axes.plot(epochs, list(values), marker="o" if len(values) < 30 else None)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if epochs and min(epochs) == max(epochs):  # one epoch: an axis around it, not a sub-epoch one
+        axes.set_xlim(epochs[0] - 1, epochs[0] + 1)
     axes.set_xlabel("epoch")
     axes.set_ylabel(metric_name)
     axes.set_title(metric_name)
