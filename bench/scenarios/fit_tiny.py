@@ -65,29 +65,43 @@ def arm_aitoolbox(p: dict) -> dict:
     return _paired(p, aitoolbox_run, ["aitoolbox"])
 
 
+def _hand_again(model, train_loader, opt, crit, p: dict) -> None:
+    """The hand-written loop once more: hand against hand is the noise floor."""
+    hand_run(model, train_loader, opt, crit, p)
+
+
 def measure(rounds: int = 30, p: dict = None) -> dict:
-    """Alternate hand / TrainLoop runs ``rounds`` times in this process; µs per step over hand."""
+    """Alternate hand / TrainLoop / hand runs ``rounds`` times in this process; µs per step.
+
+    The order rotates every round. ``*_us_per_step``: TrainLoop minus hand; ``noise_floor_*``:
+    the second hand-written run minus the first, measured in the same rounds.
+    """
     import aitoolbox  # noqa: F401  (import time is not a per-step cost)
     p = dict(BASE if p is None else p)
     common.limit_threads()
     common.warm_up(p["sizes"], p["batch_size"])
-    cpu, wall = [], []
+    arms = [hand_run, aitoolbox_run, _hand_again]
+    diffs = {"cpu": [], "wall": [], "noise_cpu": []}
     for rnd in range(rounds + 2):  # two warm-up rounds
         times = {}
-        order = (hand_run, aitoolbox_run) if rnd % 2 == 0 else (aitoolbox_run, hand_run)
-        for fn in order:
+        shift = rnd % 3
+        for fn in arms[shift:] + arms[:shift]:
             built = build(p)
             start_cpu, start_wall = time.process_time(), time.perf_counter()
             fn(*built, p)
             times[fn] = (time.process_time() - start_cpu, time.perf_counter() - start_wall)
         if rnd >= 2:
-            cpu.append((times[aitoolbox_run][0] - times[hand_run][0]) / p["steps"] * 1e6)
-            wall.append((times[aitoolbox_run][1] - times[hand_run][1]) / p["steps"] * 1e6)
-    return {"cpu_us_per_step": _spread(cpu), "wall_us_per_step": _spread(wall), "rounds": rounds, **p}
+            diffs["cpu"].append((times[aitoolbox_run][0] - times[hand_run][0]) / p["steps"] * 1e6)
+            diffs["wall"].append((times[aitoolbox_run][1] - times[hand_run][1]) / p["steps"] * 1e6)
+            diffs["noise_cpu"].append((times[_hand_again][0] - times[hand_run][0]) / p["steps"] * 1e6)
+    hand_us = times[hand_run][0] / p["steps"] * 1e6
+    return {"cpu_us_per_step": _spread(diffs["cpu"]), "wall_us_per_step": _spread(diffs["wall"]),
+            "noise_floor_cpu_us_per_step": _spread(diffs["noise_cpu"]),
+            "hand_cpu_us_per_step_last_round": round(hand_us, 1), "rounds": rounds, **p}
 
 
 def _spread(values) -> dict:
-    q1, med, q3 = statistics.quantiles(values, n=4)
+    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
     return {"median": round(med, 2), "q1": round(q1, 2), "q3": round(q3, 2),
             "min": round(min(values), 2), "max": round(max(values), 2)}
 
