@@ -21,6 +21,10 @@ setup(
         "plots": ["matplotlib"],
         "yaml": ["pyyaml"],
         "tensorboard": ["tensorboard"],
+        "gcs": ["google-cloud-storage"],
+        "wandb": ["wandb"],
+        "torchmetrics": ["torchmetrics"],
+        "hf": ["evaluate"],
         "dev": [
             "pytest",
             "pytest-timeout",
@@ -30,6 +34,11 @@ setup(
             "pyyaml",
             "sphinx",
             "myst-parser",
+            "tensorboard",
+            "google-cloud-storage",
+            "gcp-storage-emulator",
+            "wandb",
+            "torchmetrics",
         ],
     },
     classifiers=[

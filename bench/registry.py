@@ -30,6 +30,10 @@ class Comparison:
         target: ``(operator, bound)`` with operator ``<=`` or ``<``, or None (informative).
         scale: the number is multiplied by this (e.g. 1e3 for milliseconds).
         base_field: compare with this field of the same run instead of the baseline arm's.
+        quick_judged: the target is judged in a ``--quick`` run too. Only for numbers that do not
+            depend on the size of the workload (import time, copies of the outputs, a cached
+            call); a time ratio or a per-step overhead over a few steps is mostly start-up, so a
+            quick run shows it without a verdict.
     """
 
     label: str
@@ -41,6 +45,7 @@ class Comparison:
     target: Optional[Tuple[str, float]] = None
     scale: float = 1.0
     base_field: Optional[str] = None
+    quick_judged: bool = False
 
 
 @dataclass
@@ -118,11 +123,13 @@ SCENARIOS = [
              predict.params, ["predict:hand", "predict:aitoolbox"],
              [Comparison("time ratio", "predict:aitoolbox", "predict:hand", "ratio", target=("<=", 1.01)),
               Comparison("peak extra memory (copies of the outputs)", "predict:aitoolbox", None, "value",
-                         field="extra_copies", unit="copies", target=("<=", 1.0)),
+                         field="extra_copies", unit="copies", target=("<=", 1.0),
+                         quick_judged=True),
               Comparison("peak extra memory (copies of the outputs)", "predict:hand", None, "value",
                          field="extra_copies", unit="copies"),
               Comparison("cached second call", "predict:aitoolbox", None, "value",
-                         field="cached_seconds", unit="ms", target=("<", 1.0), scale=1e3)],
+                         field="cached_seconds", unit="ms", target=("<", 1.0), scale=1e3,
+                         quick_judged=True)],
              env=predict.ENV),
     Scenario("ddp", "5. DDP on CPU, gloo, 2 processes, 1,000 steps per rank", ddp.params,
              ["ddp:hand", "ddp:aitoolbox"],
@@ -140,10 +147,11 @@ SCENARIOS = [
     Scenario("import", "6. import aitoolbox against import torch (fresh interpreters)", imports.params,
              ["imports:torch", "imports:aitoolbox"],
              [Comparison("import time minus import torch", "imports:aitoolbox", "imports:torch", "delta",
-                         field="seconds", unit="s", target=("<=", 0.15)),
+                         field="seconds", unit="s", target=("<=", 0.15), quick_judged=True),
               Comparison("import torch", "imports:torch", None, "value", field="seconds", unit="s"),
               Comparison("boto3 / matplotlib / tensorboard / ... imported", "imports:aitoolbox", None,
-                         "value", field="num_heavy_modules", unit="modules", target=("<=", 0))],
+                         "value", field="num_heavy_modules", unit="modules", target=("<=", 0),
+                         quick_judged=True)],
              repeat_factor=3),
     Scenario("cuda", "7. CUDA: AMP float16 and pinned-memory throughput", cuda.params,
              ["cuda:hand_amp", "cuda:aitoolbox_amp", "cuda:hand_pinned", "cuda:aitoolbox_pinned"],

@@ -38,16 +38,24 @@ def _met(target, median: float) -> Optional[bool]:
     return median <= bound if op == "<=" else median < bound
 
 
-def summarize(comp: Comparison, runs: Dict[str, List[Optional[dict]]], wall_too: bool) -> dict:
-    """Median, min and max of a comparison over the repeats, and whether the target is met."""
+def summarize(comp: Comparison, runs: Dict[str, List[Optional[dict]]], wall_too: bool,
+              quick: bool = False) -> dict:
+    """Median, min and max of a comparison over the repeats, and whether the target is met.
+
+    In a ``quick`` run a target is judged only when the comparison says it may be
+    (:attr:`Comparison.quick_judged`); otherwise ``met`` is None and ``judged`` False.
+    """
     values = _per_repeat(comp, runs)
+    judged = comp.target is not None and (comp.quick_judged or not quick)
     out = {"label": comp.label, "arm": comp.arm, "baseline": comp.baseline, "kind": comp.kind,
            "field": comp.field, "unit": comp.unit, "n": len(values),
-           "target": None if comp.target is None else f"{comp.target[0]} {comp.target[1]:g}"}
+           "target": None if comp.target is None else f"{comp.target[0]} {comp.target[1]:g}",
+           "judged": judged}
     if not values:
         return {**out, "median": None, "min": None, "max": None, "met": None}
     median = statistics.median(values)
-    out.update(median=median, min=min(values), max=max(values), met=_met(comp.target, median))
+    out.update(median=median, min=min(values), max=max(values),
+               met=_met(comp.target, median) if judged else None)
     if wall_too and comp.field == "cpu_seconds":
         base_field = "hand_seconds" if comp.base_field else None
         wall = _per_repeat(Comparison(**{**comp.__dict__, "field": "seconds", "base_field": base_field}), runs)
@@ -116,6 +124,8 @@ def markdown_table(doc: dict) -> str:
 
 def _row(title: str, res: dict, notes: List[str]) -> str:
     met = {True: "yes", False: "**no**", None: ""}[res.get("met")]
+    if res.get("target") and res.get("judged") is False and res["median"] is not None:
+        met = "not judged (quick run)"
     label = res["label"]
     if res.get("note"):
         if res["note"] not in notes:

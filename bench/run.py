@@ -37,7 +37,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny workloads, 2 repeats: a smoke run")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny workloads, 2 repeats: a smoke run (time targets are shown, not judged)")
     parser.add_argument("--scenarios", default=",".join(s.key for s in SCENARIOS),
                         help=f"comma-separated subset of {[s.key for s in SCENARIOS]}")
     parser.add_argument("--peers", action="store_true",
@@ -71,8 +72,22 @@ def run_child(arm: str, params: dict, extra_env: Optional[dict] = None) -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARKER)]
     if proc.returncode != 0 or not lines:
         tail = (proc.stdout + proc.stderr)[-2000:]
-        raise RuntimeError(f"{arm} exited with {proc.returncode}:\n{tail}")
+        raise RuntimeError(f"{arm} exited with {proc.returncode}: {failure_summary(proc.stderr)}\n{tail}")
     return {**json.loads(lines[-1][len(MARKER):]), "wall_s": wall}
+
+
+def failure_summary(stderr: str) -> str:
+    """One line saying why a child failed: its last error line, and a C++ abort message if any.
+
+    A rank that aborts at exit prints ``terminate called ...`` well above the parent's traceback,
+    whose last line alone ("process 1 terminated with signal SIGABRT") does not say why.
+    """
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    if not lines:
+        return "(no output on stderr)"
+    aborts = [ln for ln in lines if ln.startswith("terminate called")]
+    last = lines[-1]
+    return f"{last} ({aborts[0]})" if aborts and aborts[0] != last else last
 
 
 def runnable_arms(sc: Scenario, args) -> Dict[str, Optional[str]]:
@@ -113,7 +128,7 @@ def run_scenario(sc: Scenario, args) -> dict:
     out["run"]["loadavg_end"] = os.getloadavg()
     out.update(arms=runs, not_run={a: why for a, why in arms.items() if why}, errors=errors,
                noise=report.noise(runs[sc.arms[0]]) if sc.arms[0] in runs else {})
-    out["results"] = _results(sc, runs, out["not_run"], errors)
+    out["results"] = _results(sc, runs, out["not_run"], errors, args.quick)
     return out
 
 
@@ -131,13 +146,13 @@ def _run_logged(arm: str, params: dict, rep: int, repeats: int, errors: dict,
     return result
 
 
-def _results(sc: Scenario, runs: dict, not_run: dict, errors: dict) -> List[dict]:
+def _results(sc: Scenario, runs: dict, not_run: dict, errors: dict, quick: bool = False) -> List[dict]:
     results = []
     for comp in sc.comparisons:
         involved = [a for a in (comp.arm, comp.baseline) if a]
         if any(a not in runs and a not in not_run for a in involved):
             continue  # a peer arm without --peers
-        res = report.summarize(comp, runs, wall_too=True)
+        res = report.summarize(comp, runs, wall_too=True, quick=quick)
         why = [not_run.get(a) or (f"failed: {errors[a].splitlines()[0]}" if a in errors else None)
                for a in involved]
         res["note"] = "; ".join(w for w in why if w)
@@ -176,6 +191,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for key in args.scenarios.split(","):
         sc = BY_KEY[key]
         print(f"== {sc.title}", flush=True)
+        if args.quick:  # the title gives the full workload
+            print(f"   quick workload: {json.dumps(sc.params(True))}", flush=True)
         done[key] = run_scenario(sc, args)
     doc = report.merge_json(os.path.join(args.out, "performance.json"), meta(args), done)
     table = report.markdown_table(doc)

@@ -138,26 +138,35 @@ def import_matplotlib_figure() -> Optional[Any]:
     return Figure
 
 
-def metric_figure(metric_name: str, values: Sequence[float], epochs: Optional[Sequence[int]] = None):
-    """A matplotlib ``Figure`` of one metric over the epochs, with integer epoch ticks.
-
-    Uses matplotlib's object API with the Agg canvas: no pyplot, no global backend change.
-
-    Args:
-        metric_name: the title and the y label.
-        values: the values.
-        epochs: the epoch of each value (default ``1..len(values)``).
+def new_figure(figsize=(6, 4)) -> Any:
+    """A matplotlib ``Figure`` on the Agg canvas (object API: no pyplot, no global backend change).
 
     Raises:
         ImportError: matplotlib is not installed.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def metric_figure(metric_name: str, values: Sequence[float], epochs: Optional[Sequence[int]] = None) -> Any:
+    """A matplotlib ``Figure`` of one metric over the epochs, with integer epoch ticks.
+
+    Args:
+        metric_name: the title and the y label.
+        values: the values.
+        epochs: the epoch of each value (default ``1..len(values)``; see :func:`history_epochs`).
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
     from matplotlib.ticker import MaxNLocator
 
     epochs = list(range(1, len(values) + 1)) if epochs is None else list(epochs)
-    figure = Figure(figsize=(6, 4))
-    FigureCanvasAgg(figure)
+    figure = new_figure()
     axes = figure.add_subplot(1, 1, 1)
     axes.plot(epochs, list(values), marker="o" if len(values) < 30 else None)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
@@ -171,6 +180,13 @@ def metric_figure(metric_name: str, values: Sequence[float], epochs: Optional[Se
     return figure
 
 
+def save_figure(figure: Any, path: str, file_format: str = "png") -> str:
+    """Save a figure to ``path`` atomically; returns ``path``."""
+    with atomic_write_path(path) as tmp_path:
+        figure.savefig(tmp_path, format=file_format)
+    return path
+
+
 def plot_metric(metric_name: str, values: Sequence[float], path: str, file_format: str = "png",
                 epochs: Optional[Sequence[int]] = None) -> str:
     """Plot one metric over the epochs (:func:`metric_figure`) into ``path`` (atomically).
@@ -178,10 +194,7 @@ def plot_metric(metric_name: str, values: Sequence[float], path: str, file_forma
     Raises:
         ImportError: matplotlib is not installed.
     """
-    figure = metric_figure(metric_name, values, epochs)
-    with atomic_write_path(path) as tmp_path:
-        figure.savefig(tmp_path, format=file_format)
-    return path
+    return save_figure(metric_figure(metric_name, values, epochs), path, file_format)
 
 
 def plot_history(history: Mapping[str, Sequence], folder: str, file_format: str = "png") -> List[str]:

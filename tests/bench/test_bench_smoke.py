@@ -33,4 +33,7 @@ def test_quick_run_writes_json_with_expected_keys(tmp_path):
     for res in ours:
         assert {"median", "min", "max", "target", "met", "unit", "n"} <= set(res)
         assert res["n"] == 1 and res["min"] <= res["median"] <= res["max"]
+        # 20 steps are mostly start-up: a quick run shows the numbers but no verdict
+        assert res["judged"] is False and res["met"] is None
+    assert "not judged (quick run)" in proc.stdout
     assert (tmp_path / "performance.png").stat().st_size > 0

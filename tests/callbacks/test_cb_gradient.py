@@ -1,4 +1,6 @@
 """GradValueClip, GradNormClip and GradientStatsPrint against hand-written PyTorch loops."""
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -137,3 +139,81 @@ def test_gradient_stats_print_once_per_epoch_or_every_update():
     assert count_reports() == (2, ["0.bias", "0.weight", "2.bias", "2.weight"])
     assert count_reports(on_every_grad_update=True)[0] == 6
     assert count_reports(model_layers_extract_def=lambda m: [m[0], m[2]]) == (2, ["0:Linear", "1:Linear"])
+
+
+# ---------------------------------------------------------------- the original aitoolbox's API
+def test_gradient_callbacks_share_the_base_and_flag_the_loop():
+    from aitoolbox.torchtrain.callbacks.gradient import GradientCallbackBase
+
+    for callback in (GradNormClip(0.1), GradValueClip(0.1), GradientStatsPrint(lambda m: [m[0]])):
+        assert isinstance(callback, GradientCallbackBase)
+        loop = TrainLoop(mlp(), DataLoader(regression_dataset(), batch_size=BATCH), None, None,
+                         torch.optim.SGD(mlp().parameters(), lr=0.1), nn.MSELoss(), show_progress=False)
+        loop.callbacks_handler.register_callbacks([callback])
+        assert loop.grad_cb_used is True
+
+
+def test_gradient_stats_print_stats_eval_freq_reports_every_nth_update():
+    callback = GradientStatsPrint(lambda m: [m[0], m[2]], stats_eval_freq=4)
+    model = mlp()
+    loop = TrainLoop(model, DataLoader(regression_dataset(), batch_size=BATCH), None, None,
+                     torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), end_auto_eval=False,
+                     show_progress=False)
+    with LogCapture() as logs:
+        loop.fit(num_epochs=2, callbacks=[callback])  # 12 updates
+    reports = [m for m in logs.messages if m.startswith("Gradient stats")]
+    assert [r.split(":")[0] for r in reports] == ["Gradient stats, epoch 1, batch 4", "Gradient stats, epoch 2, batch 2",
+                                                  "Gradient stats, epoch 2, batch 6"]
+    with pytest.raises(ValueError, match="stats_eval_freq"):
+        GradientStatsPrint(stats_eval_freq=0)
+
+
+def test_grad_distribution_plot_plots_the_last_update_of_each_epoch(tmp_path):
+    pytest.importorskip("matplotlib")
+    from aitoolbox.torchtrain.callbacks.gradient import GradDistributionPlot
+    from tests.callbacks.cb_testkit import Recorder
+
+    captured = []
+
+    class Capture(GradDistributionPlot):
+        def gradient_plot(self):
+            captured.append([g.clone() for g in self._gradients])
+            return super().gradient_plot()
+
+    grads = Recorder("on_after_gradient_update", lambda tl: tl.model[0].weight.grad.detach().reshape(-1).clone(),
+                     execution_order=0)
+    callback = Capture(lambda m: [m[0], m[2]], project_name="proj", experiment_name="exp",
+                       local_model_result_folder_path=str(tmp_path))
+    model = mlp()
+    loop = TrainLoop(model, DataLoader(regression_dataset(), batch_size=BATCH), None, None,
+                     torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), end_auto_eval=False,
+                     show_progress=False)
+    loop.fit(num_epochs=2, callbacks=[grads, callback])
+    assert len(captured) == 2
+    for epoch, layers in enumerate(captured):
+        assert torch.equal(layers[0], grads.records[6 * epoch + 5])  # 6 batches per epoch: the last one
+        assert layers[1].numel() == model[2].weight.numel()
+    folder = os.path.join(callback.store.path, "results", "grad_distribution")
+    assert sorted(os.listdir(folder)) == ["epoch_0", "epoch_1"]
+    assert sorted(os.listdir(os.path.join(folder, "epoch_1"))) == ["layer_0.png", "layer_1.png"]
+    assert [p[0] for p in callback.saved_plot_paths] == ["epoch_1/layer_0.png", "epoch_1/layer_1.png"]
+
+
+def test_grad_distribution_plot_pdf_mirrored_to_s3(s3_bucket, tmp_path):
+    pytest.importorskip("matplotlib")
+    from aitoolbox.cloud.AWS.s3 import list_keys
+    from aitoolbox.torchtrain.callbacks.gradient import GradDistributionPlot
+
+    callback = GradDistributionPlot(lambda m: [m[0]], file_format="pdf", project_name="proj", experiment_name="exp",
+                                    local_model_result_folder_path=str(tmp_path), cloud_save_mode="s3",
+                                    bucket_name=s3_bucket)
+    model = mlp()
+    TrainLoop(model, DataLoader(regression_dataset(), batch_size=BATCH), None, None,
+              torch.optim.SGD(model.parameters(), lr=0.1), nn.MSELoss(), show_progress=False
+              ).fit(num_epochs=2, callbacks=[callback])
+    prefix = f"proj/{callback.store.folder.name}/results/grad_distribution/"
+    assert sorted(list_keys(s3_bucket, prefix)) == [prefix + "epoch_0.pdf", prefix + "epoch_1.pdf"]
+    with open(os.path.join(callback.store.path, "results", "grad_distribution", "epoch_1.pdf"), "rb") as f:
+        assert f.read(5) == b"%PDF-"
+    with pytest.raises(ValueError, match="'png' or 'pdf'"):
+        GradDistributionPlot(lambda m: [m], file_format="jpg")

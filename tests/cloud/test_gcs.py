@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from aitoolbox.cloud.common import ClientCache
+
 from aitoolbox.cloud import backends
 from aitoolbox.cloud.GoogleCloud import gcs
 from aitoolbox.cloud.GoogleCloud.gcs import (
@@ -92,7 +94,7 @@ def test_missing_package_names_the_extra(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "google.cloud.storage", None)
     monkeypatch.delattr(google.cloud, "storage", raising=False)
-    monkeypatch.setattr(gcs, "_client_cache", {})
+    monkeypatch.setattr(gcs, "_clients", ClientCache())
     with pytest.raises(ImportError, match=r'pip install "aitoolbox\[gcs\]"'):
         get_gcs_client()
 

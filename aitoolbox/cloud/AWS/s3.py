@@ -10,13 +10,12 @@ code talk to S3-compatible stores or a local test server.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import tempfile
-import threading
 from typing import Any, Dict, List, Optional, Tuple
 
+from aitoolbox.cloud.common import ClientCache, environment_fingerprint, is_bucket_uri, split_bucket_uri
 from aitoolbox.cloud.uploader import CloudUploader
 
 S3_SCHEME = "s3://"
@@ -33,18 +32,7 @@ _CLIENT_ENV_VARS = (
 _SECRET_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _SIGNATURE_PATTERN = re.compile(r"((?:X-Amz-)?(?:Credential|Signature|Security-Token)=)[^,&\s\"']+")
 
-_client_lock = threading.Lock()
-_client_cache: Dict[Tuple[Any, ...], Any] = {}
-
-
-def _reset_client_cache_after_fork() -> None:
-    global _client_lock
-    _client_lock = threading.Lock()
-    _client_cache.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_client_cache_after_fork)
+_clients = ClientCache()
 
 
 def parse_s3_uri(uri: str) -> Tuple[str, str]:
@@ -59,12 +47,7 @@ def parse_s3_uri(uri: str) -> Tuple[str, str]:
     Raises:
         ValueError: If ``uri`` is not a string starting with ``s3://`` followed by a bucket name.
     """
-    if not isinstance(uri, str) or not uri.startswith(S3_SCHEME):
-        raise ValueError(f"Not an S3 URI (expected 's3://bucket/key'): {uri!r}")
-    bucket, _, key = uri[len(S3_SCHEME):].partition("/")
-    if not bucket or any(ch.isspace() for ch in bucket):
-        raise ValueError(f"S3 URI has no valid bucket name: {uri!r}")
-    return bucket, key
+    return split_bucket_uri(uri, S3_SCHEME, "an S3")
 
 
 def is_s3_uri(path: Any) -> bool:
@@ -76,11 +59,7 @@ def is_s3_uri(path: Any) -> bool:
     Returns:
         True if ``path`` can be parsed by :func:`parse_s3_uri`, else False.
     """
-    try:
-        parse_s3_uri(path)
-    except ValueError:
-        return False
-    return True
+    return is_bucket_uri(path, S3_SCHEME)
 
 
 #: The names every storage backend module offers (see :mod:`aitoolbox.cloud.backends`).
@@ -95,11 +74,6 @@ def _redact(text: str) -> str:
         if secret:
             text = text.replace(secret, "***")
     return _SIGNATURE_PATTERN.sub(r"\1***", text)
-
-
-def _client_cache_key(max_attempts: Optional[int]) -> Tuple[Any, ...]:
-    env = "\0".join(os.environ.get(name, "") for name in _CLIENT_ENV_VARS)
-    return os.getpid(), max_attempts, hashlib.sha256(env.encode()).hexdigest()
 
 
 def _create_client(max_attempts: Optional[int]) -> Any:
@@ -127,13 +101,8 @@ def get_s3_client(max_attempts: Optional[int] = None) -> Any:
     Returns:
         A ``botocore.client.S3`` instance.
     """
-    key = _client_cache_key(max_attempts)
-    with _client_lock:
-        client = _client_cache.get(key)
-        if client is None:
-            client = _create_client(max_attempts)
-            _client_cache[key] = client
-    return client
+    key = (max_attempts, environment_fingerprint(_CLIENT_ENV_VARS))
+    return _clients.get(key, lambda: _create_client(max_attempts))
 
 
 def _bucket_error_reason(error: Exception) -> str:

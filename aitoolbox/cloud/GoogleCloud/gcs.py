@@ -10,13 +10,13 @@ uses anonymous credentials, so no Google account is needed.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
-import threading
 from typing import Any, Dict, List, Optional, Tuple
 
+from aitoolbox.cloud.common import ClientCache, environment_fingerprint, is_bucket_uri, split_bucket_uri
 from aitoolbox.cloud.uploader import CloudUploader
+from aitoolbox.utils.optional import import_optional
 
 GCS_SCHEME = "gs://"
 EMULATOR_ENV_VAR = "STORAGE_EMULATOR_HOST"
@@ -33,18 +33,7 @@ _CLIENT_ENV_VARS = (
     "API_ENDPOINT_OVERRIDE",
 )
 
-_client_lock = threading.Lock()
-_client_cache: Dict[Tuple[Any, ...], Any] = {}
-
-
-def _reset_client_cache_after_fork() -> None:
-    global _client_lock
-    _client_lock = threading.Lock()
-    _client_cache.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_client_cache_after_fork)
+_clients = ClientCache()
 
 
 def import_storage() -> Any:
@@ -56,14 +45,7 @@ def import_storage() -> Any:
     Raises:
         ImportError: If ``google-cloud-storage`` is not installed; the message names the extra.
     """
-    try:
-        from google.cloud import storage
-    except ImportError as error:
-        raise ImportError(
-            "Google Cloud Storage support needs the google-cloud-storage package: "
-            'pip install "aitoolbox[gcs]"'
-        ) from error
-    return storage
+    return import_optional("google.cloud.storage", "gcs", "Google Cloud Storage support")
 
 
 def parse_gcs_uri(uri: str) -> Tuple[str, str]:
@@ -78,12 +60,7 @@ def parse_gcs_uri(uri: str) -> Tuple[str, str]:
     Raises:
         ValueError: If ``uri`` is not a string starting with ``gs://`` followed by a bucket name.
     """
-    if not isinstance(uri, str) or not uri.startswith(GCS_SCHEME):
-        raise ValueError(f"Not a Google Cloud Storage URI (expected 'gs://bucket/key'): {uri!r}")
-    bucket, _, key = uri[len(GCS_SCHEME):].partition("/")
-    if not bucket or any(ch.isspace() for ch in bucket):
-        raise ValueError(f"Google Cloud Storage URI has no valid bucket name: {uri!r}")
-    return bucket, key
+    return split_bucket_uri(uri, GCS_SCHEME, "a Google Cloud Storage")
 
 
 def is_gcs_uri(path: Any) -> bool:
@@ -95,11 +72,7 @@ def is_gcs_uri(path: Any) -> bool:
     Returns:
         True if ``path`` can be parsed by :func:`parse_gcs_uri`, else False.
     """
-    try:
-        parse_gcs_uri(path)
-    except ValueError:
-        return False
-    return True
+    return is_bucket_uri(path, GCS_SCHEME)
 
 
 #: The names every storage backend module offers (see :mod:`aitoolbox.cloud.backends`).
@@ -115,11 +88,6 @@ def _retry_kwargs(retry: Any) -> Dict[str, Any]:
 def emulator_host() -> Optional[str]:
     """The emulator endpoint from ``STORAGE_EMULATOR_HOST``, or None for the real service."""
     return os.environ.get(EMULATOR_ENV_VAR) or None
-
-
-def _client_cache_key() -> Tuple[Any, ...]:
-    env = "\0".join(os.environ.get(name, "") for name in _CLIENT_ENV_VARS)
-    return os.getpid(), hashlib.sha256(env.encode()).hexdigest()
 
 
 def _create_client() -> Any:
@@ -148,13 +116,7 @@ def get_gcs_client() -> Any:
         google.auth.exceptions.DefaultCredentialsError: If no credentials are configured
             (and no emulator is set).
     """
-    key = _client_cache_key()
-    with _client_lock:
-        client = _client_cache.get(key)
-        if client is None:
-            client = _create_client()
-            _client_cache[key] = client
-    return client
+    return _clients.get(environment_fingerprint(_CLIENT_ENV_VARS), _create_client)
 
 
 def _endpoint(client: Any) -> str:

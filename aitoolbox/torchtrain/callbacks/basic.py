@@ -443,3 +443,4 @@ class ConvertSyncBatchNorm(AbstractCallback):
         if converted is not loop.module:
             raise ValueError("ConvertSyncBatchNorm: the model itself is a BatchNorm layer; wrap it in a "
                              "module so that it can be converted in place.")
+from aitoolbox.torchtrain.callbacks.notification import EmailNotification, LogUpload  # noqa: E402,F401
