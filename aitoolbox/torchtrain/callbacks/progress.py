@@ -147,9 +147,11 @@ class EpochProgress:
         new = losses[self._num_losses:]
         if new:
             if not isinstance(new[0], torch.Tensor):  # MultiLoss
-                new = [loss.total() for loss in new]
-            self._loss_sum += float(torch.stack([loss.detach().double() for loss in new]).sum()
-                                    if len(new) > 1 else new[0].detach().double())
+                new = [loss.total().detach() for loss in new]
+            if new[0].device.type == "cpu":  # about 0.2 µs a loss
+                self._loss_sum += sum(map(float, new))
+            else:  # one device-to-host copy
+                self._loss_sum += float(torch.stack(new).sum(dtype=torch.float64))
             self._num_losses = len(losses)
         return self._loss_sum / self._num_losses if self._num_losses else None
 
