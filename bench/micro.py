@@ -22,10 +22,14 @@ def _hand(model, batches, opt, crit, num_epochs: int) -> None:
     common.hand_train(model, batches, opt, crit, num_epochs)
 
 
+#: ``--progress``: time ``TrainLoop`` with its default progress display on
+SHOW_PROGRESS = False
+
+
 def _loop(model, batches, opt, crit, num_epochs: int) -> None:
     from aitoolbox import TrainLoop
     TrainLoop(model, batches, None, None, opt, crit, end_auto_eval=False,
-              show_progress=False).fit(num_epochs=num_epochs)
+              show_progress=SHOW_PROGRESS).fit(num_epochs=num_epochs)
 
 
 def measure(rounds: int = 40, steps: int = 500, sizes=(2, 2), batch_size: int = 4,
@@ -67,7 +71,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="2,2", help="layer sizes of the MLP, e.g. 32,64,10")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--loader", action="store_true", help="batches from a shuffled DataLoader")
+    parser.add_argument("--progress", action="store_true",
+                        help="TrainLoop with its default progress display (a bar when stderr is a terminal)")
     args = parser.parse_args()
+    global SHOW_PROGRESS
+    SHOW_PROGRESS = args.progress
     sizes = tuple(int(n) for n in args.sizes.split(","))
     print(json.dumps(measure(args.rounds, args.steps, sizes, args.batch_size, args.loader), indent=1))
 

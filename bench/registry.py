@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
-from bench.scenarios import cuda, ddp, fit_defaults, imports, peers, predict, train
+from bench.scenarios import cuda, ddp, fit_defaults, fit_tiny, imports, peers, predict, train
 
 PEER_ARMS = [f"peers:{name}" for name in peers.REQUIRES]
 
@@ -156,6 +156,12 @@ SCENARIOS = [
     Scenario("cuda", "7. CUDA: AMP float16 and pinned-memory throughput", cuda.params,
              ["cuda:hand_amp", "cuda:aitoolbox_amp", "cuda:hand_pinned", "cuda:aitoolbox_pinned"],
              _cuda_comparisons(), cuda_only=True),
+    Scenario("fit_tiny", "8. default fit (progress bar on, no evaluation), tiny MLP 32-64-10, batch 32, "
+             "1,000 steps, set-up included", fit_tiny.params, ["fit_tiny:hand", "fit_tiny:aitoolbox"],
+             [Comparison("per-step overhead (noise floor: hand vs hand)", "fit_tiny:hand", None, "overhead_us",
+                         unit="µs", base_field="hand_cpu_seconds"),
+              Comparison("per-step overhead", "fit_tiny:aitoolbox", None, "overhead_us", unit="µs",
+                         target=("<=", 10.0), base_field="hand_cpu_seconds")]),
 ]
 
 BY_KEY = {s.key: s for s in SCENARIOS}

@@ -50,23 +50,57 @@ def write_json(obj: Any, path: str) -> str:
     return atomic_write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n", path)
 
 
-def history_to_csv(history: Mapping[str, Sequence]) -> str:
-    """The history as CSV: a header of metric names, one row per index (epoch), blanks where
-    a metric has fewer values (e.g. ``train_end_test_loss``)."""
+#: history keys with this prefix hold end-of-training values (one per ``fit``), not per-epoch ones
+TRAIN_END_PREFIX = "train_end_"
+
+
+def is_train_end_metric(name: str) -> bool:
+    """Whether a history key holds end-of-training values (``train_end_test_loss``, ...)."""
+    return name.startswith(TRAIN_END_PREFIX)
+
+
+def history_epochs(history: Mapping[str, Sequence]) -> Dict[str, List[int]]:
+    """The epoch (1-based) each recorded value belongs to, per history key with values.
+
+    A per-epoch key's i-th value belongs to epoch i. A ``train_end_*`` key's values were recorded
+    at the end of training, so they belong to the last epochs: the latest one to the last epoch
+    of the history (with one ``fit``, its only value is the last epoch's), the one before to the
+    epoch before, and so on.
+    """
     names = [name for name, values in history.items() if len(values)]
-    num_rows = max((len(history[name]) for name in names), default=0)
+    num_epochs = max((len(history[n]) for n in names if not is_train_end_metric(n)), default=0)
+    epochs = {}
+    for name in names:
+        count = len(history[name])
+        if is_train_end_metric(name):
+            last = max(num_epochs, count)
+            epochs[name] = list(range(last - count + 1, last + 1))
+        else:
+            epochs[name] = list(range(1, count + 1))
+    return epochs
+
+
+def history_to_csv(history: Mapping[str, Sequence]) -> str:
+    """The history as CSV: a header of metric names, one row per epoch.
+
+    Each value is in the row of the epoch it belongs to (:func:`history_epochs`): a
+    ``train_end_*`` value in the last epoch's row, never in the first one's; other cells blank.
+    """
+    epochs = history_epochs(history)
+    num_rows = max((e[-1] for e in epochs.values()), default=0)
+    rows = {name: dict(zip(epoch_list, history[name])) for name, epoch_list in epochs.items()}
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["epoch"] + names)
-    for row in range(num_rows):
-        writer.writerow([row + 1] + [_csv_cell(history[name], row) for name in names])
+    writer.writerow(["epoch"] + list(epochs))
+    for epoch in range(1, num_rows + 1):
+        writer.writerow([epoch] + [_csv_cell(rows[name], epoch) for name in epochs])
     return buffer.getvalue()
 
 
-def _csv_cell(values: Sequence, row: int) -> Any:
-    if row >= len(values):
+def _csv_cell(values: Mapping[int, Any], epoch: int) -> Any:
+    if epoch not in values:
         return ""
-    value = to_jsonable(values[row])
+    value = to_jsonable(values[epoch])
     return json.dumps(value) if isinstance(value, (dict, list)) else value
 
 
@@ -104,17 +138,6 @@ def import_matplotlib_figure() -> Optional[Any]:
     return Figure
 
 
-def plot_metric(metric_name: str, values: Sequence[float], path: str, file_format: str = "png") -> str:
-    """Plot one metric over the epochs into ``path`` (atomically).
-
-    Uses matplotlib's object API with the Agg canvas: no pyplot, no global backend change.
-
-    Raises:
-        ImportError: matplotlib is not installed.
-    """
-    return save_figure(metric_figure(metric_name, values), path, file_format)
-
-
 def new_figure(figsize=(6, 4)) -> Any:
     """A matplotlib ``Figure`` on the Agg canvas (object API: no pyplot, no global backend change).
 
@@ -129,11 +152,26 @@ def new_figure(figsize=(6, 4)) -> Any:
     return figure
 
 
-def metric_figure(metric_name: str, values: Sequence[float]) -> Any:
-    """The figure of one metric over the epochs (see :func:`plot_metric`)."""
+def metric_figure(metric_name: str, values: Sequence[float], epochs: Optional[Sequence[int]] = None) -> Any:
+    """A matplotlib ``Figure`` of one metric over the epochs, with integer epoch ticks.
+
+    Args:
+        metric_name: the title and the y label.
+        values: the values.
+        epochs: the epoch of each value (default ``1..len(values)``; see :func:`history_epochs`).
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = list(range(1, len(values) + 1)) if epochs is None else list(epochs)
     figure = new_figure()
     axes = figure.add_subplot(1, 1, 1)
-    axes.plot(range(1, len(values) + 1), values, marker="o" if len(values) < 30 else None)
+    axes.plot(epochs, list(values), marker="o" if len(values) < 30 else None)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if epochs and min(epochs) == max(epochs):  # one epoch: an axis around it, not a sub-epoch one
+        axes.set_xlim(epochs[0] - 1, epochs[0] + 1)
     axes.set_xlabel("epoch")
     axes.set_ylabel(metric_name)
     axes.set_title(metric_name)
@@ -149,15 +187,28 @@ def save_figure(figure: Any, path: str, file_format: str = "png") -> str:
     return path
 
 
+def plot_metric(metric_name: str, values: Sequence[float], path: str, file_format: str = "png",
+                epochs: Optional[Sequence[int]] = None) -> str:
+    """Plot one metric over the epochs (:func:`metric_figure`) into ``path`` (atomically).
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    return save_figure(metric_figure(metric_name, values, epochs), path, file_format)
+
+
 def plot_history(history: Mapping[str, Sequence], folder: str, file_format: str = "png") -> List[str]:
     """Plot every numeric metric of ``history`` into ``folder``; returns the files written.
+
+    Each value is plotted at the epoch it belongs to (:func:`history_epochs`).
 
     Without matplotlib nothing is written (and one log line says so).
     """
     if import_matplotlib_figure() is None:
         return []
     written = []
+    epochs = history_epochs(history)
     for name, values in plottable_metrics(history).items():
         written.append(plot_metric(name, values, os.path.join(folder, plot_file_name(name, file_format)),
-                                   file_format))
+                                   file_format, epochs[name]))
     return written

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
-from tqdm.auto import tqdm
 
 from aitoolbox.experiment.experiment_folder import new_timestamp
 from aitoolbox.experiment.training_history import TrainingHistory
@@ -31,7 +32,11 @@ from aitoolbox.torchtrain.train_loop.components.prediction_store import Predicti
 from aitoolbox.torchtrain.train_loop.components import validation
 from aitoolbox.torchtrain.train_loop.components.evaluation import (
     batch_size_of, merge_metadata, rng_fork, weighted_sum)
+from aitoolbox.torchtrain.callbacks.progress import format_duration, format_value
 from aitoolbox.utils.log import get_logger
+
+#: how the epoch line names the loop's own history keys (others appear under their names)
+_EPOCH_LINE_LABELS = {"accumulated_loss": "mean batch loss", "loss": "train-set loss", "val_loss": "val_loss"}
 
 
 class TrainLoop:
@@ -84,9 +89,23 @@ class TrainLoop:
         cuda_device_idx: the CUDA device to use in ``'single'`` mode; None: the default one.
         use_amp: mixed precision: False, True, or a dict of ``torch.amp.GradScaler`` arguments.
             Autocast runs float16 with a GradScaler on CUDA and bfloat16 on CPU.
-        show_progress: show a tqdm progress bar per epoch on the main process.
+        show_progress: show the progress of each epoch on the main process: a tqdm bar with the
+            running mean batch loss on a terminal (or notebook), plain lines every 30 s when
+            stderr is not a terminal (CI, SLURM, ``nohup``; see ``callbacks.progress``).
         torch_compile: ``torch.compile`` the model before training (False, True, or a dict of
             ``torch.compile`` arguments).
+        quiet: no progress display and no per-epoch / end-of-training lines (warnings and the
+            callbacks' own reports still go to the ``aitoolbox`` logger).
+
+    Console output: at the end of every epoch the main process logs one INFO line through the
+    ``aitoolbox`` logger with what the epoch recorded into the history, 4 significant digits::
+
+        Epoch 2/10: mean batch loss 0.4113, train-set loss 0.3981, val_loss 0.4272, val_Accuracy 0.86 (3.2s)
+
+    ``mean batch loss`` is ``accumulated_loss`` (the mean of the epoch's training batch losses);
+    ``train-set loss`` is ``loss``, the loss re-evaluated on the whole training set after the
+    epoch (eval mode); every other value is shown under its history name. Silence the lines with
+    ``quiet=True`` or ``logging.getLogger("aitoolbox").setLevel(logging.WARNING)``.
 
     Raises:
         ValueError, TypeError: an invalid argument, named in the message, before any work.
@@ -98,7 +117,8 @@ class TrainLoop:
                  end_auto_eval: Union[bool, int] = True, lazy_experiment_save: bool = False,
                  print_callbacks: bool = False, gpu_mode: str = "single",
                  cuda_device_idx: Optional[int] = None, use_amp: Union[bool, dict] = False,
-                 show_progress: bool = True, torch_compile: Union[bool, dict] = False):
+                 show_progress: bool = True, torch_compile: Union[bool, dict] = False,
+                 quiet: bool = False):
         validation.validate_init_args(model, train_loader, validation_loader, test_loader, optimizer,
                                       criterion, end_auto_eval, use_amp, torch_compile,
                                       flags=dict(show_progress=show_progress, print_callbacks=print_callbacks,
@@ -112,6 +132,9 @@ class TrainLoop:
         self.print_callbacks, self.show_progress = print_callbacks, show_progress
         self.gpu_mode, self.cuda_device_idx, self.use_amp = gpu_mode, cuda_device_idx, use_amp
         self.torch_compile = torch_compile
+        self.quiet = bool(quiet)
+        #: where the progress display writes (None: ``sys.stderr``); a bar on a terminal, else lines
+        self.progress_stream = None
 
         self.strategy = make_strategy(gpu_mode, cuda_device_idx)
         self.device = self.strategy.device
@@ -162,6 +185,11 @@ class TrainLoop:
         self._eval_loaders: Dict[int, Any] = {}
         self._check_empty_batches = False  # set per fit: whether the train loader can yield empty batches
         self._unverified_metrics: list = []  # watched metrics to look for after the first epoch
+        # History lengths before / after the end-of-epoch work of an epoch that num_iterations cut
+        # short: (epoch, before, after); the epoch's completion replaces those values.
+        self._provisional_history: Optional[tuple] = None
+        self._epoch_close_marks: Dict[str, int] = {}  # history lengths when the epoch's end began
+        self._epoch_start_time = 0.0
 
     # ------------------------------------------------------------------ public training API
     def fit(self, num_epochs: int = 0, num_iterations: int = 0, callbacks: Optional[Sequence] = None,
@@ -170,6 +198,14 @@ class TrainLoop:
 
         ``num_epochs`` / ``num_iterations`` are totals to reach: a loop resumed from a checkpoint
         (or fitted before) continues where it stopped. Exactly one of them is given.
+
+        A ``num_iterations`` stop in the middle of an epoch runs that epoch's end as usual
+        (``accumulated_loss`` over the batches done, the end-of-epoch evaluation, the callbacks'
+        ``on_epoch_end``), so the run's last state is in the history. Those values are provisional:
+        when a later ``fit`` of this loop completes the epoch, the values the stop recorded are
+        replaced by the complete epoch's, so that every per-epoch key keeps one value per epoch
+        (``fit(num_iterations=30)`` then ``fit(num_epochs=3)`` leaves 3 ``val_loss`` values). The
+        replacement is not carried by a checkpoint taken at the stop.
 
         Args:
             num_epochs: train until this many epochs are done.
@@ -221,19 +257,23 @@ class TrainLoop:
         """One epoch (or what is left of it): batches, then the end-of-epoch work."""
         batches = self._open_epoch()
         loader_exhausted = True
-        shown = self.show_progress and self.is_main_process()
-        with self._progress_bar() if shown else contextlib.nullcontext() as progress:
+        progress = self._open_progress()
+        # Without a display the batch index never reaches next_update: one comparison per batch.
+        next_update = progress.next_update if progress is not None else math.inf
+        try:
             for batch_data in batches:
                 # Holding the batch loss until the next one is computed, like a plain loop's `loss`
                 # variable, keeps its graph's gradient accumulators: torch reuses them next step.
                 loss_batch = self._train_step(batch_data)  # noqa: F841
-                if shown:
+                if self.iteration >= next_update:
                     progress.update()
-                    if self.iteration % 50 == 0:
-                        progress.set_postfix(loss=self._loss_value(self.loss_batch_accum[-1]))
+                    next_update = progress.next_update
                 if self.early_stop:
                     loader_exhausted = False
                     break
+        finally:
+            if progress is not None:
+                progress.close()
         # A loader that yields fewer batches than its len() (an estimated __len__) still ends the epoch.
         self._close_epoch(loader_exhausted and self._epoch_len == len(self.train_loader))
 
@@ -389,6 +429,7 @@ class TrainLoop:
         self.module.train()
         self.strategy.set_epoch(self.train_loader, self.epoch)
         self._epoch_len = self._batches_this_epoch()
+        self._epoch_start_time = time.perf_counter()
         if self.iteration == 0:
             self.epoch_start_rng = checkpointing.rng_snapshot(self.train_loader)
             self.loss_batch_accum = []
@@ -423,12 +464,14 @@ class TrainLoop:
         return epoch_len
 
     def _close_epoch(self, loader_exhausted: bool = False) -> None:
+        epoch_complete = self.iteration >= len(self.train_loader) or self.early_stop or loader_exhausted
+        self._drop_provisional_history()
+        self._epoch_close_marks = self._history_lengths()
         if self.loss_batch_accum:
             self.insert_metric_result_into_history(
                 "accumulated_loss", self.convert_loss_to_float_dict_format(self._mean_train_loss()))
         if self._auto_eval_enabled(epoch=self.epoch):
             self.auto_execute_end_of_epoch()
-        epoch_complete = self.iteration >= len(self.train_loader) or self.early_stop or loader_exhausted
         self._checkpoint_phase = "epoch_end" if epoch_complete else None
         self.callbacks_handler.execute("on_epoch_end")
         self._checkpoint_phase = None
@@ -436,11 +479,45 @@ class TrainLoop:
             if self.is_main_process():
                 warn_missing_metrics(self.train_history, self._unverified_metrics)
             self._unverified_metrics = []
+        if not epoch_complete:
+            self._provisional_history = (self.epoch, self._epoch_close_marks, self._history_lengths())
+        self._log_epoch_summary(epoch_complete)
         self.message_service.end_of_epoch_trigger()
         self.early_stop = self.strategy.any_rank(self.early_stop)
         if epoch_complete:
             self.epoch += 1
             self.iteration = 0
+
+    def _history_lengths(self) -> Dict[str, int]:
+        return {name: len(values) for name, values in self.train_history.items()}
+
+    def _drop_provisional_history(self) -> None:
+        """Remove what a ``num_iterations`` stop recorded for the epoch that is now closing again."""
+        if self._provisional_history is None:
+            return
+        epoch, before, after = self._provisional_history
+        self._provisional_history = None
+        if epoch != self.epoch:
+            return
+        for name, values in self.train_history.items():
+            start, end = before.get(name, 0), after.get(name, 0)
+            if end > start:
+                del values[start:end]
+
+    def _log_epoch_summary(self, epoch_complete: bool) -> None:
+        """One INFO line with what this epoch's end recorded (see the class docstring)."""
+        if self.quiet or not self.is_main_process() or not self.logger.isEnabledFor(logging.INFO):
+            return
+        recorded = {name: values[-1] for name, values in self.train_history.items()
+                    if len(values) > self._epoch_close_marks.get(name, 0)}
+        order = [name for name in _EPOCH_LINE_LABELS if name in recorded]
+        order += [name for name in recorded if name not in _EPOCH_LINE_LABELS]
+        parts = [f"{_EPOCH_LINE_LABELS.get(name, name)} {format_value(recorded[name])}" for name in order]
+        total = f"/{self.num_epochs}" if self.num_epochs else ""
+        where = "" if epoch_complete else f" (stopped after batch {self.iteration}/{len(self.train_loader)})"
+        took = format_duration(time.perf_counter() - self._epoch_start_time)
+        self.logger.info(f"Epoch {self.epoch + 1}{total}{where}: {', '.join(parts) or 'nothing recorded'} "
+                         f"({took})")
 
     def _mean_train_loss(self):
         return self.strategy.mean_over_ranks(self.parse_loss(self.loss_batch_accum))
@@ -450,42 +527,42 @@ class TrainLoop:
             return bool(self.end_auto_eval)
         return (epoch + 1) % self.end_auto_eval == 0
 
-    def _progress_bar(self):
-        return tqdm(total=self._epoch_len, initial=self.iteration, desc=f"Epoch {self.epoch + 1}",
-                    leave=False, dynamic_ncols=True)
-
-    @staticmethod
-    def _loss_value(loss) -> Union[float, str]:
-        if isinstance(loss, MultiLoss):
-            return f"{float(loss.total()):.4f}"
-        return float(loss)
+    def _open_progress(self):
+        """The epoch's progress display, or None (``show_progress=False``, ``quiet``, other ranks)."""
+        if not self.show_progress or self.quiet or not self.is_main_process():
+            return None
+        from aitoolbox.torchtrain.callbacks.progress import open_epoch_progress
+        return open_epoch_progress(self, self.progress_stream)
 
     # ------------------------------------------------------------------ end-of-epoch evaluation
     def auto_execute_end_of_epoch(self) -> None:
         """Evaluate the train (and validation) loss into the history: ``loss``, ``val_loss``."""
         epoch = f"Epoch {self.epoch + 1}"
-        self._print_save_loss(self.evaluate_loss_on_train_set(), "loss", f"{epoch} training")
+        self._print_save_loss(self.evaluate_loss_on_train_set(), "loss", f"{epoch} train-set (eval mode)")
         if self.validation_loader is not None:
             self._print_save_loss(self.evaluate_loss_on_validation_set(), "val_loss", f"{epoch} validation")
 
     def auto_execute_end_of_training(self) -> None:
-        """Evaluate the test loss into the history as ``train_end_test_loss``."""
+        """Evaluate the test loss into the history as ``train_end_test_loss`` (and log it)."""
         if self.test_loader is not None:
             self._print_save_loss(self.evaluate_loss_on_test_set(), "train_end_test_loss",
                                   "End of training test")
+            if not self.quiet and self.is_main_process():
+                value = self.train_history.get_last("train_end_test_loss")
+                self.logger.info(f"End of training: test loss {format_value(value)}")
 
     def _print_save_loss(self, loss_parsed, loss_type_name: str, loss_print_description: str) -> None:
-        """Log a loss on the main process and append it to the history.
+        """Append a loss to the history and log it at DEBUG on the main process.
 
         A ``MultiLoss`` is stored as its total under ``loss_type_name`` and per loss under
-        ``<loss_type_name>_<loss name>``.
+        ``<loss_type_name>_<loss name>``. (The INFO output is the epoch's one summary line.)
         """
         value = self.convert_loss_to_float_dict_format(loss_parsed)
         if isinstance(value, dict):
             self.insert_metric_result_into_history(loss_type_name, sum(value.values()))
         self.insert_metric_result_into_history(loss_type_name, value)
-        if self.is_main_process():
-            self.logger.info(f"{loss_print_description} loss: {value}")
+        if self.is_main_process() and self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug(f"{loss_print_description} loss ({loss_type_name}): {format_value(value)}")
 
     def parse_loss(self, loss_record: List):
         """Mean of a list of batch losses (tensors or ``MultiLoss``), in float64, on its device."""

@@ -100,7 +100,7 @@ class TrainLoopCheckpoint(_TrackingMixin, TrainLoop):
         iteration_save_freq: also checkpoint every this many training batches (0: never).
         collate_batch_pred_fn, pred_transform_fn, end_auto_eval: as in :class:`TrainLoop`.
         lazy_experiment_save, print_callbacks, gpu_mode, cuda_device_idx: as in :class:`TrainLoop`.
-        use_amp, show_progress, torch_compile: as in :class:`TrainLoop`.
+        use_amp, show_progress, torch_compile, quiet: as in :class:`TrainLoop`.
 
     Raises:
         TypeError, ValueError: an invalid argument, an unwritable folder or a missing bucket.
@@ -115,12 +115,14 @@ class TrainLoopCheckpoint(_TrackingMixin, TrainLoop):
                  pred_transform_fn: Callable = torch_cat_transf, end_auto_eval: Union[bool, int] = True,
                  lazy_experiment_save: bool = False, print_callbacks: bool = False, gpu_mode: str = "single",
                  cuda_device_idx: Optional[int] = None, use_amp: Union[bool, dict] = False,
-                 show_progress: bool = True, torch_compile: Union[bool, dict] = False):
+                 show_progress: bool = True, torch_compile: Union[bool, dict] = False,
+                 quiet: bool = False):
         validate_checkpoint_args(rm_subopt_local_models, num_best_checkpoints_kept)
         validate_save_frequency(iteration_save_freq, "iteration_save_freq")
         TrainLoop.__init__(self, model, train_loader, validation_loader, test_loader, optimizer, criterion,
                            collate_batch_pred_fn, pred_transform_fn, end_auto_eval, lazy_experiment_save,
-                           print_callbacks, gpu_mode, cuda_device_idx, use_amp, show_progress, torch_compile)
+                           print_callbacks, gpu_mode, cuda_device_idx, use_amp, show_progress, torch_compile,
+                           quiet)
         self.experiment_store = ExperimentStore(project_name, experiment_name, local_model_result_folder_path,
                                                 hyperparams, cloud_save_mode, bucket_name, cloud_dir_prefix,
                                                 source_dirs)
@@ -145,7 +147,7 @@ class TrainLoopEndSave(_TrackingMixin, TrainLoop):
         cloud_save_mode, bucket_name, cloud_dir_prefix, source_dirs: as in :class:`TrainLoopCheckpoint`.
         collate_batch_pred_fn, pred_transform_fn, end_auto_eval: as in :class:`TrainLoop`.
         lazy_experiment_save, print_callbacks, gpu_mode, cuda_device_idx: as in :class:`TrainLoop`.
-        use_amp, show_progress, torch_compile: as in :class:`TrainLoop`.
+        use_amp, show_progress, torch_compile, quiet: as in :class:`TrainLoop`.
 
     Raises:
         TypeError, ValueError: an invalid argument, a result package without its data loader, an
@@ -162,11 +164,13 @@ class TrainLoopEndSave(_TrackingMixin, TrainLoop):
                  pred_transform_fn: Callable = torch_cat_transf, end_auto_eval: Union[bool, int] = True,
                  lazy_experiment_save: bool = False, print_callbacks: bool = False, gpu_mode: str = "single",
                  cuda_device_idx: Optional[int] = None, use_amp: Union[bool, dict] = False,
-                 show_progress: bool = True, torch_compile: Union[bool, dict] = False):
+                 show_progress: bool = True, torch_compile: Union[bool, dict] = False,
+                 quiet: bool = False):
         validate_result_packages(val_result_package, test_result_package, validation_loader, test_loader)
         TrainLoop.__init__(self, model, train_loader, validation_loader, test_loader, optimizer, criterion,
                            collate_batch_pred_fn, pred_transform_fn, end_auto_eval, lazy_experiment_save,
-                           print_callbacks, gpu_mode, cuda_device_idx, use_amp, show_progress, torch_compile)
+                           print_callbacks, gpu_mode, cuda_device_idx, use_amp, show_progress, torch_compile,
+                           quiet)
         self.experiment_store = ExperimentStore(project_name, experiment_name, local_model_result_folder_path,
                                                 hyperparams, cloud_save_mode, bucket_name, cloud_dir_prefix,
                                                 source_dirs)
@@ -193,7 +197,7 @@ class TrainLoopCheckpointEndSave(_TrackingMixin, TrainLoop):
         iteration_save_freq: as in :class:`TrainLoopCheckpoint`.
         collate_batch_pred_fn, pred_transform_fn, end_auto_eval: as in :class:`TrainLoop`.
         lazy_experiment_save, print_callbacks, gpu_mode, cuda_device_idx: as in :class:`TrainLoop`.
-        use_amp, show_progress, torch_compile: as in :class:`TrainLoop`.
+        use_amp, show_progress, torch_compile, quiet: as in :class:`TrainLoop`.
 
     Raises:
         TypeError, ValueError: an invalid argument, an unwritable folder or a missing bucket.
@@ -210,13 +214,15 @@ class TrainLoopCheckpointEndSave(_TrackingMixin, TrainLoop):
                  pred_transform_fn: Callable = torch_cat_transf, end_auto_eval: Union[bool, int] = True,
                  lazy_experiment_save: bool = False, print_callbacks: bool = False, gpu_mode: str = "single",
                  cuda_device_idx: Optional[int] = None, use_amp: Union[bool, dict] = False,
-                 show_progress: bool = True, torch_compile: Union[bool, dict] = False):
+                 show_progress: bool = True, torch_compile: Union[bool, dict] = False,
+                 quiet: bool = False):
         validate_checkpoint_args(rm_subopt_local_models, num_best_checkpoints_kept)
         validate_save_frequency(iteration_save_freq, "iteration_save_freq")
         validate_result_packages(val_result_package, test_result_package, validation_loader, test_loader)
         TrainLoop.__init__(self, model, train_loader, validation_loader, test_loader, optimizer, criterion,
                            collate_batch_pred_fn, pred_transform_fn, end_auto_eval, lazy_experiment_save,
-                           print_callbacks, gpu_mode, cuda_device_idx, use_amp, show_progress, torch_compile)
+                           print_callbacks, gpu_mode, cuda_device_idx, use_amp, show_progress, torch_compile,
+                           quiet)
         self.experiment_store = ExperimentStore(project_name, experiment_name, local_model_result_folder_path,
                                                 hyperparams, cloud_save_mode, bucket_name, cloud_dir_prefix,
                                                 source_dirs)
