@@ -275,9 +275,12 @@ def safe_torch_load(path: str, map_location=None, shown_path: Optional[str] = No
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if not zipfile.is_zipfile(path):
+        # A refused class is "Unsupported global"; both torch.save formats (zip, and the legacy
+        # one of torch < 1.6 that aitoolbox 1.8's older files have) can hold one.
+        refused = [line.strip() for line in str(error).splitlines() if "Unsupported global" in line]
+        if not zipfile.is_zipfile(path) and not refused:
             raise ValueError(f"{shown_path!r} is not a file written by torch.save ({error}).") from error
-        lines = [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
+        lines = refused or [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
         raise ValueError(
             f"{shown_path!r} holds objects that torch.load(weights_only=True) refuses to unpickle"
             f"{': ' + lines[0] if lines else ''}. aitoolbox loads checkpoints with weights_only=True only "
