@@ -73,3 +73,21 @@ def test_missing_model_names_both_layouts(trained):
     loop, loader = trained
     with pytest.raises(FileNotFoundError, match=r"_E7\.pth or model_epoch_8\.pt"):
         loader.load_model("proj", "exp", loop.experiment_timestamp, model_save_dir="checkpoint_model", epoch_num=7)
+
+
+def test_continue_training_from_the_weights_only_final_model_explains(trained):
+    from aitoolbox.torchtrain.callbacks.model_load import ModelLoadContinueTraining
+
+    loop, loader = trained
+    fresh = TrainLoop(*loop_args(seed=5), show_progress=False)
+    callback = ModelLoadContinueTraining(loop.experiment_timestamp, saved_model_dir="model", project_name="proj",
+                                         experiment_name="exp",
+                                         local_model_result_folder_path=loader.local_model_result_folder_path)
+    with pytest.raises(ValueError, match="model state dict only.*saved_model_dir='checkpoint_model'"):
+        fresh.callbacks_handler.register_callbacks([callback])
+    # the default folder continues from the newest checkpoint: the final state
+    fresh.callbacks_handler.register_callbacks([ModelLoadContinueTraining(
+        loop.experiment_timestamp, project_name="proj", experiment_name="exp",
+        local_model_result_folder_path=loader.local_model_result_folder_path)])
+    assert fresh.epoch == 2
+    assert_same_weights(fresh.model, loop.model)
