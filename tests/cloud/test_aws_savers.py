@@ -190,3 +190,34 @@ def test_original_checkpoint_in_the_bucket_continues_training(s3_bucket, tmp_pat
     assert resumed.epoch == 1 and resumed.total_iteration_idx == 6
     for mine, theirs in zip(resumed.model.parameters(), trained.model.parameters()):
         assert torch.equal(mine, theirs)
+
+
+def test_pytorch_s3_model_loader_finds_this_aitoolboxs_file_names(s3_bucket, tmp_path):
+    from aitoolbox.torchtrain.train_loop import TrainLoop
+    from tests.tracking.helpers import loop_args, make_model
+
+    loop = TrainLoop(*loop_args(), show_progress=False)
+    loop.fit(num_epochs=2)
+    prefix = f"proj/exp_{TS}"
+    trainer = tmp_path / "trainer"
+    trainer.mkdir()
+    torch.save(loop.state_dict(), trainer / "checkpoint.pt")
+    torch.save(loop.model.state_dict(), trainer / "final.pt")
+    BaseDataSaver(s3_bucket).save_file(trainer / "checkpoint.pt", f"{prefix}/checkpoint_model/model_epoch_2.pt")
+    BaseDataSaver(s3_bucket).save_file(trainer / "final.pt", f"{prefix}/model/model.pt")
+
+    loader = PyTorchS3ModelLoader(tmp_path / "elsewhere", bucket_name=s3_bucket)
+    loaded = loader.load_model("proj", "exp", TS, "checkpoint_model", epoch_num=1)
+    assert loaded["epoch"] == 1 and loaded["iteration_idx"] == 11  # aitoolbox 1.8's 0-based indices
+    assert (tmp_path / "elsewhere" / prefix / "checkpoint_model" / "model_epoch_2.pt").is_file()
+    model = loader.init_model(make_model(seed=9))
+    optimizer = loader.init_optimizer(torch.optim.Adam(model.parameters(), lr=0.01))
+    assert int(optimizer.state_dict()["state"][0]["step"]) == 12
+    for trained, reloaded in zip(loop.model.parameters(), model.parameters()):
+        assert torch.equal(trained, reloaded)
+
+    final = PyTorchS3ModelLoader(tmp_path / "third", bucket_name=s3_bucket)
+    final.load_model("proj", "exp", TS, "model")
+    assert torch.equal(final.init_model(make_model(seed=9))[0].weight, loop.model[0].weight)
+    with pytest.raises(FileNotFoundError, match=r"_E5\.pth or model_epoch_6\.pt.*nor at s3://"):
+        loader.load_model("proj", "exp", TS, "checkpoint_model", epoch_num=5)

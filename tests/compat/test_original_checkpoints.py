@@ -9,6 +9,7 @@ as its ``ModelCheckpoint`` wrote them: ``model_<experiment>_<timestamp>_E<epoch>
 """
 import logging
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -232,3 +233,20 @@ def test_experiment_details_are_taken_from_a_tracking_train_loop(tmp_path):
     assert load.loaded_path == path and loop.epoch == 3
     # the continued run writes its own checkpoints into its own (new) experiment folder
     assert os.path.isfile(os.path.join(loop.experiment_dir, "checkpoint_model", "model_epoch_3.pt"))
+
+
+def test_legacy_torch_save_format_loads_and_refusals_are_explained(tmp_path):
+    """aitoolbox 1.8's older files use torch's legacy (pre-1.6, non-zip) format."""
+    path, trained, state = original_checkpoint(tmp_path, with_scheduler=False)
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    loop = fresh_loop()
+    loop.load_checkpoint(path)
+    assert_same_tensors(loop.model.state_dict(), trained.model.state_dict())
+    state["hyperparams"] = {"lr": np.float64(0.01)}
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match="refuses to unpickle.*Unsupported global.*weights_only=False"):
+        fresh_loop().load_checkpoint(path)
+    plain_pickle = tmp_path / "results.p"
+    plain_pickle.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ValueError, match="not a file written by torch.save"):
+        fresh_loop().load_checkpoint(str(plain_pickle))

@@ -92,11 +92,17 @@ class BaseDataLoader:
             self._s3_resource = boto3.session.Session().resource("s3")
         return self._s3_resource
 
-    def load_file(self, cloud_file_path: str, local_file_path: Union[str, os.PathLike]) -> bool:
+    def load_file(self, cloud_file_path: str, local_file_path: Union[str, os.PathLike], *,
+                  log_missing: bool = True) -> bool:
         """Download ``s3://<bucket_name>/<cloud_file_path>`` unless the local file already exists.
 
         The download is atomic (temporary file, then rename). A missing object is logged, not
         raised, as in aitoolbox 1.8.
+
+        Args:
+            cloud_file_path: the object's key in the bucket.
+            local_file_path: where to put the file.
+            log_missing: False: a missing object is not logged (the caller tries another name).
 
         Returns:
             True when the local file exists afterwards.
@@ -115,7 +121,8 @@ class BaseDataLoader:
         except ClientError as error:
             if str(error.response.get("Error", {}).get("Code")) not in ("404", "NoSuchKey", "NotFound"):
                 raise
-            logger.warning("s3://%s/%s does not exist: nothing downloaded.", self.bucket_name, cloud_file_path)
+            if log_missing:
+                logger.warning("s3://%s/%s does not exist: nothing downloaded.", self.bucket_name, cloud_file_path)
             return False
         return True
 

@@ -8,8 +8,9 @@ from typing import Any, Dict, List, Optional, Union
 from aitoolbox.cloud.AWS.data_access import BaseDataLoader
 from aitoolbox.cloud.AWS.model_save import experiment_cloud_prefix
 from aitoolbox.experiment.experiment_folder import ExperimentFolder
-from aitoolbox.experiment.local_load.local_model_load import AbstractLocalModelLoader, PyTorchLocalModelLoader
-from aitoolbox.experiment.local_save.local_model_save import DEFAULT_RESULTS_ROOT, model_file_name
+from aitoolbox.experiment.local_load.local_model_load import (
+    AbstractLocalModelLoader, PyTorchLocalModelLoader, model_file_candidates)
+from aitoolbox.experiment.local_save.local_model_save import DEFAULT_RESULTS_ROOT
 
 
 class BaseModelLoader(BaseDataLoader):
@@ -41,6 +42,9 @@ class BaseModelLoader(BaseDataLoader):
                    **kwargs) -> Dict[str, Any]:
         """Download ``model_<experiment>_<timestamp>[_E<epoch_num>].pth`` (if not local) and load it.
 
+        This aitoolbox's ``model.pt`` / ``model_epoch_<epoch_num + 1>.pt`` are found as well (see
+        :func:`~aitoolbox.experiment.local_load.local_model_load.model_file_candidates`).
+
         Args:
             project_name: project folder name.
             experiment_name: experiment name.
@@ -57,12 +61,16 @@ class BaseModelLoader(BaseDataLoader):
         """
         experiment_path = ExperimentFolder.create_base_folder(project_name, experiment_name, experiment_timestamp,
                                                               self.local_model_result_folder_path)
-        name = model_file_name(experiment_name, experiment_timestamp, epoch_num)
-        local_path = os.path.join(experiment_path, model_save_dir, name)
-        key = "/".join([experiment_cloud_prefix(self.cloud_dir_prefix, project_name, experiment_name,
-                                                experiment_timestamp, model_save_dir), name])
-        if not self.load_file(key, local_path):
-            raise FileNotFoundError(f"No saved model at {local_path!r} nor at {self.cloud_scheme}{self.bucket_name}/{key}.")
+        prefix = experiment_cloud_prefix(self.cloud_dir_prefix, project_name, experiment_name, experiment_timestamp,
+                                         model_save_dir)
+        names = model_file_candidates(experiment_name, experiment_timestamp, epoch_num)
+        local_paths = [os.path.join(experiment_path, model_save_dir, name) for name in names]
+        if not any(os.path.isfile(path) for path in local_paths):
+            found = any(self.load_file(f"{prefix}/{name}", path, log_missing=False)
+                        for name, path in zip(names, local_paths))
+            if not found:
+                raise FileNotFoundError(f"No saved model {' or '.join(names)} in {os.path.dirname(local_paths[0])!r} "
+                                        f"nor at {self.cloud_scheme}{self.bucket_name}/{prefix}/.")
         return self.local_model_loader.load_model(project_name, experiment_name, experiment_timestamp,
                                                   model_save_dir, epoch_num, **kwargs)
 

@@ -76,11 +76,17 @@ class BaseGoogleStorageDataLoader(BaseDataLoader):
         self.local_base_data_folder_path = self.local_dataset_folder_path
         self.available_prepocessed_datasets: List[str] = []
 
-    def load_file(self, cloud_file_path: str, local_file_path: Union[str, os.PathLike]) -> bool:
+    def load_file(self, cloud_file_path: str, local_file_path: Union[str, os.PathLike], *,
+                  log_missing: bool = True) -> bool:
         """Download ``gs://<bucket_name>/<cloud_file_path>`` unless the local file already exists.
 
         The download is atomic (temporary file, then rename). A missing object is logged, not
         raised, as the S3 loader does.
+
+        Args:
+            cloud_file_path: the object's key in the bucket.
+            local_file_path: where to put the file.
+            log_missing: False: a missing object is not logged (the caller tries another name).
 
         Returns:
             True when the local file exists afterwards.
@@ -98,7 +104,8 @@ class BaseGoogleStorageDataLoader(BaseDataLoader):
         try:
             gcs.download_file(self.bucket_name, cloud_file_path, local_file_path, gcs_client=self.gcs_client)
         except NotFound:
-            logger.warning("gs://%s/%s does not exist: nothing downloaded.", self.bucket_name, cloud_file_path)
+            if log_missing:
+                logger.warning("gs://%s/%s does not exist: nothing downloaded.", self.bucket_name, cloud_file_path)
             return False
         return True
 

@@ -275,9 +275,12 @@ def safe_torch_load(path: str, map_location=None, shown_path: Optional[str] = No
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if not zipfile.is_zipfile(path):
+        # A refused class is "Unsupported global"; both torch.save formats (zip, and the legacy
+        # one of torch < 1.6 that aitoolbox 1.8's older files have) can hold one.
+        refused = [line.strip() for line in str(error).splitlines() if "Unsupported global" in line]
+        if not zipfile.is_zipfile(path) and not refused:
             raise ValueError(f"{shown_path!r} is not a file written by torch.save ({error}).") from error
-        lines = [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
+        lines = refused or [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
         raise ValueError(
             f"{shown_path!r} holds objects that torch.load(weights_only=True) refuses to unpickle"
             f"{': ' + lines[0] if lines else ''}. aitoolbox loads checkpoints with weights_only=True only "
@@ -304,6 +307,12 @@ def is_original_checkpoint(state: Any) -> bool:
 
 def unknown_checkpoint_message(state: Any) -> str:
     """The error message for a loaded object that is no checkpoint this aitoolbox reads."""
+    if isinstance(state, dict) and state and all(isinstance(value, torch.Tensor) for value in state.values()):
+        return ("Not an aitoolbox checkpoint: the file holds a model state dict only (as this aitoolbox's final "
+                "model model/model.pt does), with no optimizer state or position to continue training from. "
+                "To predict with it: model.load_state_dict(torch.load(path, weights_only=True)). To continue "
+                "training, load a checkpoint of checkpoint_model/ (ModelLoadContinueTraining's default "
+                "saved_model_dir='checkpoint_model', or TrainLoop.load_checkpoint(path)).")
     what = f"a dict with the keys {sorted(map(str, state))[:12]}" if isinstance(state, dict) \
         else f"a {type(state).__name__}"
     return (f"Not an aitoolbox checkpoint: the file holds {what}. Expected a checkpoint written by "
