@@ -33,20 +33,21 @@ def test_final_model_file_name_matches_the_saver():
     assert local_model_load.FINAL_MODEL_FILE == model_save.FINAL_MODEL_FILE
 
 
-def test_final_model_loads_weights_only(trained):
+def test_final_model_loads_with_its_optimizer(trained):
     loop, loader = trained
     representation = loader.load_model("proj", "exp", loop.experiment_timestamp, model_save_dir="model")
     assert loader.model_path_loaded.endswith("model/model.pt")
-    assert representation["schedulers_state_dict"] == [] and representation["optimizer_state_dict"] is None
+    assert representation["epoch"] == 1   # 0-based index of the last finished epoch, as aitoolbox 1.8
     model = loader.init_model(make_model(seed=99))
     assert_same_weights(model, loop.model)
     # predictions of the reloaded model are the trained loop's
     reloaded = TrainLoop(model, loop.train_loader, loop.validation_loader, loop.test_loader, None, loop.criterion,
                          show_progress=False)
     assert torch.equal(reloaded.predict_on_test_set()[0], loop.predict_on_test_set()[0])
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    with pytest.raises(ValueError, match="weights only.*model_save_dir='checkpoint_model'"):
-        loader.init_optimizer(optimizer)
+    optimizer = loader.init_optimizer(torch.optim.Adam(model.parameters(), lr=0.01))
+    final = loop.optimizer.state_dict()["state"]
+    for key, value in optimizer.state_dict()["state"].items():
+        assert torch.equal(value["exp_avg"], final[key]["exp_avg"])
 
 
 @pytest.mark.parametrize("epoch_num", [0, 1])
@@ -75,19 +76,21 @@ def test_missing_model_names_both_layouts(trained):
         loader.load_model("proj", "exp", loop.experiment_timestamp, model_save_dir="checkpoint_model", epoch_num=7)
 
 
-def test_continue_training_from_the_weights_only_final_model_explains(trained):
+def test_continue_training_from_the_final_model(trained):
     from aitoolbox.torchtrain.callbacks.model_load import ModelLoadContinueTraining
 
     loop, loader = trained
-    fresh = TrainLoop(*loop_args(seed=5), show_progress=False)
-    callback = ModelLoadContinueTraining(loop.experiment_timestamp, saved_model_dir="model", project_name="proj",
-                                         experiment_name="exp",
-                                         local_model_result_folder_path=loader.local_model_result_folder_path)
-    with pytest.raises(ValueError, match="model state dict only.*saved_model_dir='checkpoint_model'"):
-        fresh.callbacks_handler.register_callbacks([callback])
-    # the default folder continues from the newest checkpoint: the final state
-    fresh.callbacks_handler.register_callbacks([ModelLoadContinueTraining(
-        loop.experiment_timestamp, project_name="proj", experiment_name="exp",
-        local_model_result_folder_path=loader.local_model_result_folder_path)])
-    assert fresh.epoch == 2
-    assert_same_weights(fresh.model, loop.model)
+    for saved_model_dir in ("model", "checkpoint_model"):   # the final model, the newest checkpoint
+        fresh = TrainLoop(*loop_args(seed=5), show_progress=False)
+        fresh.callbacks_handler.register_callbacks([ModelLoadContinueTraining(
+            loop.experiment_timestamp, saved_model_dir=saved_model_dir, project_name="proj", experiment_name="exp",
+            local_model_result_folder_path=loader.local_model_result_folder_path)])
+        assert fresh.epoch == 2
+        assert_same_weights(fresh.model, loop.model)
+
+
+def test_a_bare_state_dict_explains_how_to_use_it(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(make_model().state_dict(), path)
+    with pytest.raises(ValueError, match="model state dict only.*load_state_dict"):
+        TrainLoop(*loop_args(seed=5), show_progress=False).load_checkpoint(str(path))

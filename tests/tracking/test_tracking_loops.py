@@ -86,7 +86,9 @@ def test_final_model_and_checkpoint_load_into_plain_model(tmp_path):
                                       show_progress=False)
     loop.fit(num_epochs=1)
     plain = make_model(seed=99)
-    plain.load_state_dict(torch.load(os.path.join(loop.experiment_dir, "model", "model.pt"), weights_only=True))
+    final = torch.load(os.path.join(loop.experiment_dir, "model", "model.pt"), weights_only=True)
+    plain.load_state_dict(final["model_state_dict"])   # a model dict, as aitoolbox 1.8's final model
+    assert final["epoch"] == 1 and "optimizer_state_dict" in final
     for p_loaded, p_trained in zip(plain.parameters(), loop.model.parameters()):
         assert torch.equal(p_loaded, p_trained)
     checkpoint = torch.load(os.path.join(loop.experiment_dir, "checkpoint_model", "model_epoch_1.pt"),

@@ -7,8 +7,7 @@ files aitoolbox 1.8 wrote (``model_<experiment>_<timestamp>[_E<epoch>].pth``) an
 aitoolbox's load, found by the same ``load_model`` arguments:
 
 * ``model_save_dir='model'``, ``epoch_num=None``: the final model (this aitoolbox's
-  ``model/model.pt`` holds the weights only, so only :meth:`PyTorchLocalModelLoader.init_model`
-  applies to it);
+  ``model/model.pt`` holds the TrainLoop's state, like a checkpoint);
 * ``model_save_dir='checkpoint_model'``, ``epoch_num=n`` (0-based, as aitoolbox 1.8 counted):
   the checkpoint after ``n + 1`` epochs (``model_epoch_<n + 1>.pt`` here), with the optimizer state.
 
@@ -48,7 +47,7 @@ def model_file_candidates(experiment_name: str, experiment_timestamp: str,
 def as_original_representation(state: Any) -> Any:
     """A loaded model file in aitoolbox 1.8's model dict shape, where it is in another shape.
 
-    * a bare model state dict (this aitoolbox's final model ``model/model.pt``) becomes
+    * a bare model state dict (e.g. a final model written by an earlier version) becomes
       ``{'model_state_dict': state, 'optimizer_state_dict': None, ...}`` (weights only);
     * a checkpoint of this aitoolbox (``format_version``) keeps its keys, with ``epoch`` and
       ``iteration_idx`` counted as aitoolbox 1.8 did: the 0-based index of the last finished

@@ -259,8 +259,11 @@ class ModelIterationCheckpoint(ModelCheckpoint):
 class ModelTrainEndSave(AbstractExperimentCallback):
     """At the end of training, save the final model and the experiment's results.
 
-    Writes ``model/model.pt`` (the model's state dict, loadable into a plain model with
-    ``model.load_state_dict(torch.load(path, weights_only=True))``), and in ``results/``:
+    Writes ``model/model.pt``: the TrainLoop's full state, like a checkpoint, as aitoolbox 1.8's
+    final model file was a model dict (``torch.load(path, weights_only=True)['model_state_dict']``
+    loads into a plain model; ``TrainLoop.load_checkpoint(path)`` or
+    ``ModelLoadContinueTraining(saved_model_dir='model')`` continue training from it exactly), and
+    in ``results/``:
     ``results.json`` (result package metrics on the validation / test sets, the final value of
     every history metric, the hyperparameters), ``train_history.json``, ``train_history.csv``
     and ``plots/<metric>.png`` for every history metric (skipped without matplotlib).
@@ -342,9 +345,10 @@ class ModelTrainEndSave(AbstractExperimentCallback):
         return results
 
     def save_model(self) -> str:
-        """Save the final model's state dict (no wrapper prefixes) as ``model/model.pt``."""
+        """Save the final model as ``model/model.pt``: the TrainLoop's state (``model_state_dict``
+        without wrapper prefixes, the optimizers, the position...), as a checkpoint holds it."""
         path = self.store.local_path(ef.MODEL_DIR, FINAL_MODEL_FILE)
-        atomic_torch_save(checkpointing.plain_module(self.train_loop_obj.module).state_dict(), path)
+        atomic_torch_save(self.train_loop_obj.state_dict(), path)
         return self.store.publish(path)
 
     def save_results(self, package_results: Dict[str, Dict[str, Any]]) -> str:

@@ -308,8 +308,7 @@ def is_original_checkpoint(state: Any) -> bool:
 def unknown_checkpoint_message(state: Any) -> str:
     """The error message for a loaded object that is no checkpoint this aitoolbox reads."""
     if isinstance(state, dict) and state and all(isinstance(value, torch.Tensor) for value in state.values()):
-        return ("Not an aitoolbox checkpoint: the file holds a model state dict only (as this aitoolbox's final "
-                "model model/model.pt does), with no optimizer state or position to continue training from. "
+        return ("Not an aitoolbox checkpoint: the file holds a model state dict only, with no optimizer state or position to continue training from. "
                 "To predict with it: model.load_state_dict(torch.load(path, weights_only=True)). To continue "
                 "training, load a checkpoint of checkpoint_model/ (ModelLoadContinueTraining's default "
                 "saved_model_dir='checkpoint_model', or TrainLoop.load_checkpoint(path)).")
