@@ -93,17 +93,14 @@ class MetricWatcher:
 # pattern) may produce is looked for after the first epoch, with a warning when it is missing.
 
 class MonitoredMetric(NamedTuple):
-    """One history key that a callback watches.
+    """One history key that a callback watches."""
 
-    Attributes:
-        arg_name: the callback's argument that names the key (for the messages).
-        metric: the history key.
-        during_epochs: the key is read at epoch ends (False: only at the end of training, where
-            ``train_end_<metric>`` also counts).
-    """
-
+    #: the callback's argument that names the key (for the messages)
     arg_name: str
+    #: the history key
     metric: str
+    #: the key is read at epoch ends (False: only at the end of training, where
+    #: ``train_end_<metric>`` also counts)
     during_epochs: bool = True
 
 
