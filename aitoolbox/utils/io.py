@@ -20,6 +20,7 @@ def atomic_write_path(path: str) -> Iterator[str]:
     fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
+        apply_umask(tmp_path)
         yield tmp_path
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
@@ -52,3 +53,11 @@ def atomic_write_text(text: str, path: str) -> str:
         with open(tmp_path, "w", encoding="utf-8") as f:
             f.write(text)
     return path
+
+
+def apply_umask(path: str) -> None:
+    """Give a ``mkstemp`` file (always mode 0600) the permissions a plain ``open`` would give it
+    under the process's umask, so that written files are as readable as the user expects."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

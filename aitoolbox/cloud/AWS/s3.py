@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from aitoolbox.cloud.common import ClientCache, environment_fingerprint, is_bucket_uri, split_bucket_uri
 from aitoolbox.cloud.uploader import CloudUploader
+from aitoolbox.utils.io import apply_umask
 
 S3_SCHEME = "s3://"
 DEFAULT_MULTIPART_THRESHOLD = 8 * 1024 * 1024
@@ -205,6 +206,7 @@ def download_file(bucket: str, key: str, local_path: str, *, s3_client: Any = No
     os.close(fd)
     try:
         client.download_file(bucket, key, tmp_path)
+        apply_umask(tmp_path)
         os.replace(tmp_path, local_path)
     except BaseException:
         if os.path.exists(tmp_path):

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from aitoolbox.cloud.common import ClientCache, environment_fingerprint, is_bucket_uri, split_bucket_uri
 from aitoolbox.cloud.uploader import CloudUploader
+from aitoolbox.utils.io import apply_umask
 from aitoolbox.utils.optional import import_optional
 
 GCS_SCHEME = "gs://"
@@ -222,19 +223,12 @@ def download_file(bucket: str, key: str, local_path: str, *, gcs_client: Any = N
     os.close(fd)
     try:
         client.bucket(bucket).blob(key).download_to_filename(tmp_path, timeout=timeout)
-        _apply_umask(tmp_path)
+        apply_umask(tmp_path)
         os.replace(tmp_path, local_path)
     except BaseException:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
         raise
-
-
-def _apply_umask(path: str) -> None:
-    """Give a ``mkstemp`` file (mode 0600) the permissions a plain ``open`` would have."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def list_keys(bucket: str, prefix: str = "", *, gcs_client: Any = None) -> List[str]:
