@@ -53,12 +53,17 @@ class MotoServer:
         from moto.server import ThreadedMotoServer
 
         if self._server is None:
+            if reset_state:
+                # Wipe the (in-process) state before the port opens: a client retrying against the
+                # restarted server must never see the old buckets, even for a moment.
+                from moto.moto_api._internal.models import moto_api_backend
+                moto_api_backend.reset()
             # ThreadedMotoServer.start() hangs forever if the port is taken: fail fast.
             assert _port_is_free(self.port), f"port {self.port} is taken"
             server = ThreadedMotoServer(ip_address=MOTO_HOST, port=self.port, verbose=False)
             server.start()
             self._server = server
-        if reset_state:
+        elif reset_state:
             self.reset_state()
 
     def stop(self) -> None:
