@@ -270,18 +270,25 @@ class ExperimentStore:
         self.check_cloud()
         self._flush_deadline = None
 
-    def finish_run(self) -> bool:
+    def finish_run(self, max_wait: Optional[float] = None) -> bool:
         """Wait for the uploads of this run, at most ``flush_timeout`` seconds over all callers.
 
         Several savers call it at the end of ``fit``; together they wait no longer than one
         ``flush_timeout``. Uploads still pending are logged and keep being retried in the
         background; the local copies stay complete.
 
+        Args:
+            max_wait: wait at most this many seconds from now (a stop signal's bound), and no
+                longer than the run's ``flush_timeout`` budget.
+
         Returns:
             True when everything queued so far reached the cloud (always True locally).
         """
+        now = time.monotonic()
         if self._flush_deadline is None:
-            self._flush_deadline = time.monotonic() + self.flush_timeout
+            self._flush_deadline = now + self.flush_timeout
+        if max_wait is not None:
+            self._flush_deadline = min(self._flush_deadline, now + max(float(max_wait), 0.0))
         return self.flush(max(self._flush_deadline - time.monotonic(), 0.0))
 
     def flush(self, timeout: Optional[float] = None) -> bool:

@@ -13,6 +13,7 @@ _EXPORTS = exports({
     "aitoolbox.torchtrain.callbacks.performance_eval": ["ModelPerformanceEvaluation",
                                                         "ModelPerformancePrintReport",
                                                         "ModelTrainHistoryFileWriter", "ModelTrainHistoryPlot"],
+    "aitoolbox.torchtrain.callbacks.stop_signal": ["StopOnSignal"],
     "aitoolbox.torchtrain.callbacks.gradient": ["GradNormClip", "GradValueClip"],
     "aitoolbox.torchtrain.callbacks.tensorboard": ["TensorboardFullTracking", "TensorboardTrainHistoryMetric"],
     "aitoolbox.torchtrain.callbacks.wandb": ["WandBTracking"],

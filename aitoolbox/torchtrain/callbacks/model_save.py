@@ -26,6 +26,7 @@ from aitoolbox.experiment.result_package.abstract_result_packages import Abstrac
 from aitoolbox.experiment.result_writers import plot_history, write_history_csv
 from aitoolbox.torchtrain.callbacks.experiment_base import SAVER_ORDER, AbstractExperimentCallback
 from aitoolbox.torchtrain.train_loop.components import checkpointing
+from aitoolbox.torchtrain.train_loop.components.preemption import StopNow, TrainingStopped
 from aitoolbox.utils.io import atomic_torch_save, atomic_write_path
 
 logger = logging.getLogger("aitoolbox")
@@ -35,6 +36,14 @@ RESULTS_FILE = "results.json"
 HISTORY_JSON_FILE = "train_history.json"
 HISTORY_CSV_FILE = "train_history.csv"
 PLOTS_DIR = "plots"
+
+
+def _stop_upload_wait(exception: BaseException) -> Optional[float]:
+    """How long a crash hook may wait for uploads: a stop signal's bound (0 after a second
+    signal), else None (the store's ``flush_timeout``)."""
+    if isinstance(exception, TrainingStopped):
+        return exception.upload_timeout
+    return 0.0 if isinstance(exception, StopNow) else None
 
 
 def validate_checkpoint_args(rm_subopt_local_models: Any, num_best_checkpoints_kept: Any) -> Optional[str]:
@@ -100,6 +109,10 @@ class ModelCheckpoint(AbstractExperimentCallback):
         num_best_checkpoints_kept: how many of the best epoch checkpoints to keep.
         experiment_store: an existing experiment (used by tracking TrainLoops instead of the
             naming arguments).
+        stop_on_signal: add a default
+            :class:`~aitoolbox.torchtrain.callbacks.stop_signal.StopOnSignal` to the run (unless
+            one is given): SIGTERM / SIGINT stop at the next batch boundary with an exact
+            checkpoint (see ``docs/fault_tolerance.md``). False leaves the signals alone.
 
     Raises:
         TypeError, ValueError: an invalid argument or a missing bucket, before any training.
@@ -109,8 +122,10 @@ class ModelCheckpoint(AbstractExperimentCallback):
                  local_model_result_folder_path: Optional[Union[str, os.PathLike]], hyperparams: Any,
                  cloud_save_mode: Optional[str] = "s3", bucket_name: str = "model-result",
                  cloud_dir_prefix: str = "", rm_subopt_local_models: Union[bool, str] = False,
-                 num_best_checkpoints_kept: int = 2, *, experiment_store=None):
+                 num_best_checkpoints_kept: int = 2, *, experiment_store=None, stop_on_signal: bool = True):
         metric = validate_checkpoint_args(rm_subopt_local_models, num_best_checkpoints_kept)
+        #: add a default StopOnSignal to the run when none is given (see with_default_stop)
+        self.stop_on_signal = bool(stop_on_signal)
         super().__init__("Model checkpoint", project_name, experiment_name, local_model_result_folder_path,
                          cloud_save_mode, bucket_name, cloud_dir_prefix, SAVER_ORDER,
                          hyperparams=hyperparams, experiment_store=experiment_store)
@@ -148,6 +163,9 @@ class ModelCheckpoint(AbstractExperimentCallback):
             self.store.finish_run()
 
     def on_train_crash(self, exception: BaseException):
+        if isinstance(exception, TrainingStopped):
+            self._save_stop_checkpoint(exception)
+            return
         if not self.is_writer():
             return
         try:
@@ -162,7 +180,25 @@ class ModelCheckpoint(AbstractExperimentCallback):
         except Exception as error:  # the original exception must propagate, not this one
             logger.error("Could not write the crash checkpoint: %s", error)
         finally:
-            self.store.finish_run()
+            # After a second stop signal (StopNow) the user asked to stop at once: no upload wait.
+            self.store.finish_run(max_wait=_stop_upload_wait(exception))
+
+    def _save_stop_checkpoint(self, stop: TrainingStopped) -> None:
+        """On a stop signal (at a batch boundary): an exact checkpoint, then a bounded upload wait.
+
+        The content is that of a mid-epoch iteration checkpoint (or of an epoch checkpoint when
+        the stop came at an epoch's end); ``stop`` records the path and the uploads not done.
+        Only the main process writes; every rank leaves together afterwards.
+        """
+        if self.is_writer():
+            try:
+                stop.checkpoint = self.save_checkpoint("epoch" if self.train_loop_obj.iteration == 0 else "iteration")
+            except Exception as error:  # reported; the stop itself goes on
+                logger.error("Could not write the checkpoint at the stop (%s): %s", stop.signal_name, error)
+            finally:
+                self.store.finish_run(max_wait=stop.upload_timeout)
+                stop.not_uploaded = sorted(set(stop.not_uploaded) | set(self.store.pending_uploads()))
+        self.train_loop_obj.strategy.barrier()  # the other ranks wait until the checkpoint is written
 
     def save_checkpoint(self, kind: str, state: Optional[Dict[str, Any]] = None) -> str:
         """Write a checkpoint of the TrainLoop now, mirror it, and apply the keep-best rule.
@@ -330,7 +366,7 @@ class ModelTrainEndSave(AbstractExperimentCallback):
         except Exception as error:  # the original exception must propagate, not this one
             logger.error("Could not save the training history after the crash: %s", error)
         finally:
-            self.store.finish_run()
+            self.store.finish_run(max_wait=_stop_upload_wait(exception))
 
     def evaluate_result_packages(self) -> Dict[str, Dict[str, Any]]:
         """Prepare the result packages on the (cached) validation / test predictions."""

@@ -20,7 +20,8 @@ from aitoolbox.experiment.training_history import TrainingHistory
 from aitoolbox.torchtrain.callbacks.metric_watch import warn_missing_metrics
 from aitoolbox.torchtrain.model import split_model
 from aitoolbox.torchtrain.multi_loss_optim import MultiLoss, MultiOptimizer
-from aitoolbox.torchtrain.train_loop.components import checkpointing
+from aitoolbox.torchtrain.callbacks.stop_signal import with_default_stop
+from aitoolbox.torchtrain.train_loop.components import checkpointing, preemption
 from aitoolbox.torchtrain.train_loop.components.amp_handler import AmpHandler
 from aitoolbox.torchtrain.train_loop.components.callback_handler import CallbacksHandler
 from aitoolbox.torchtrain.train_loop.components.device_strategy import make_strategy
@@ -175,6 +176,8 @@ class TrainLoop:
         self.weights_version = 0  # bumped whenever the weights change: invalidates the cache
         self.num_epochs, self.num_iterations, self.grad_accumulation = 0, 0, 1
         self.early_stop = False
+        self._stop_request: Optional[int] = None  # the stop signal every rank agreed on (see preemption.py)
+        self._stop_control = None  # the registered StopOnSignal callback, if any
         self.loss_batch_accum: List = []
         self.epoch_start_rng: Optional[dict] = None
         # batches in the current epoch (set at each epoch start); the loader's length until then
@@ -245,6 +248,8 @@ class TrainLoop:
             self.callbacks_handler.execute("on_train_begin")
             while not self._training_done() and not self.early_stop:
                 self._train_epoch()
+            if self._stop_request is not None:  # a stop signal that arrived during an epoch's end
+                raise preemption.stop_exception(self)
             if self._auto_eval_enabled():
                 self.auto_execute_end_of_training()
             self.callbacks_handler.execute("on_train_end")
@@ -269,6 +274,8 @@ class TrainLoop:
                     progress.update()
                     next_update = progress.next_update
                 if self.early_stop:
+                    if self._stop_request is not None:  # a stop signal: the batch is complete, exit exactly here
+                        raise preemption.stop_exception(self)
                     loader_exhausted = False
                     break
         finally:
@@ -402,12 +409,14 @@ class TrainLoop:
         self.num_epochs, self.num_iterations = num_epochs, num_iterations
         self.grad_accumulation = grad_accumulation
         self.early_stop = False
+        self._stop_request, self._stop_control = None, None  # set by a StopOnSignal callback
         self.module.train()
         if self.torch_compile:
             self.feed = self.strategy.compile_model(self.feed_def, self.torch_compile)
         self._check_empty_batches = validation.may_yield_empty_batches(self.train_loader)
         self.callbacks_handler.reset()
-        self.callbacks_handler.register_callbacks(callbacks, rank=self.strategy.rank)
+        self.callbacks_handler.register_callbacks(with_default_stop(callbacks, self.callbacks_handler),
+                                                  rank=self.strategy.rank)
         if self._pending_callback_state is not None:
             self.callbacks_handler.load_state_dict(self._pending_callback_state)
             self._pending_callback_state = None

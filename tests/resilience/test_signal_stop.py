@@ -1,0 +1,53 @@
+"""Real signals to a real training process: exact checkpoint, documented exit status, exact resume."""
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from tests.resilience.signal_helpers import (
+    assert_same_weights, checkpoint_folder, load_weights, run_and_signal, run_script)
+
+EPOCHS = 3  # 6 batches per epoch
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run's final weights."""
+    root = tmp_path_factory.mktemp("reference")
+    result = run_script(root, root / "out.pt", "--epochs", EPOCHS)
+    assert result.returncode == 0, result.stderr
+    return load_weights(root / "out.pt")
+
+
+@pytest.mark.parametrize("signum, signals, status", [
+    (signal.SIGTERM, "SIGTERM,SIGINT", 143),
+    (signal.SIGUSR1, "SIGTERM,SIGINT,SIGUSR1", 138),
+])
+def test_signal_mid_epoch_writes_exact_checkpoint_and_resumes_exactly(tmp_path, reference, signum, signals, status):
+    root = tmp_path / "run"
+    code, output, _ = run_and_signal(root, tmp_path / "stopped.pt", 8, signum, "self", "--epochs", EPOCHS,
+                                     "--signals", signals)
+    assert code == status, output
+    name = signal.Signals(signum).name
+    assert f"Stopped by {name} at epoch 2, batch 2/6 (8 batches in all)" in output
+    assert f"exit status {status}" in output
+    assert not (tmp_path / "stopped.pt").exists()  # fit raised: the script did not go on
+    folder = checkpoint_folder(root)
+    manifest = json.load(open(os.path.join(folder, "checkpoints.json")))
+    assert manifest["newest"] == "model_iteration_8.pt"
+    state = torch.load(os.path.join(folder, "model_iteration_8.pt"), weights_only=True)
+    assert (state["epoch"], state["iteration"], state["total_iteration_idx"]) == (1, 2, 8)
+
+    resumed = run_script(tmp_path / "resumed", tmp_path / "resumed.pt", "--epochs", EPOCHS,
+                         "--resume", os.path.join(folder, "model_iteration_8.pt"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(load_weights(tmp_path / "resumed.pt"), reference)
+
+
+def test_unhandled_signal_keeps_its_default(tmp_path):
+    """SIGUSR1 is not in the default set: it kills the process as before (no checkpoint)."""
+    code, output, _ = run_and_signal(tmp_path / "run", tmp_path / "o.pt", 3, signal.SIGUSR1, "self", "--epochs", 1)
+    assert code == -signal.SIGUSR1, output
+    assert "Stopped by" not in output
