@@ -51,3 +51,34 @@ def test_unhandled_signal_keeps_its_default(tmp_path):
     code, output, _ = run_and_signal(tmp_path / "run", tmp_path / "o.pt", 3, signal.SIGUSR1, "self", "--epochs", 1)
     assert code == -signal.SIGUSR1, output
     assert "Stopped by" not in output
+
+
+# ---------------------------------------------------------------------- DDP (2 CPU ranks, gloo)
+@pytest.fixture(scope="module")
+def ddp_reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp_reference")
+    result = run_script(root, root / "out.pt", "--epochs", 2, "--ddp")
+    assert result.returncode == 0, result.stderr
+    return load_weights(root / "out.pt")
+
+
+@pytest.mark.parametrize("target, signum, signals, status", [
+    ("self", signal.SIGTERM, "SIGTERM,SIGINT", 143),     # to the parent alone
+    ("rank1", signal.SIGUSR1, "SIGTERM,SIGINT,SIGUSR1", 138),  # to one rank alone
+    ("self", signal.SIGINT, "SIGTERM,SIGINT", 130),       # a Ctrl-C to the parent alone
+])
+def test_ddp_signal_stops_every_rank_with_a_checkpoint(tmp_path, ddp_reference, target, signum, signals, status):
+    root, private_tmp = tmp_path / "run", tmp_path / "tmp"
+    private_tmp.mkdir()
+    code, output, _ = run_and_signal(root, tmp_path / "stopped.pt", 3, signum, target, "--epochs", 2, "--ddp",
+                                     "--signals", signals, ranks=2, env={"TMPDIR": str(private_tmp)})
+    assert code == status, output
+    name = signal.Signals(signum).name
+    assert f"Stopped by {name} at epoch 1, batch 3/3 (3 batches in all)" in output
+    folder = checkpoint_folder(root)
+    assert json.load(open(os.path.join(folder, "checkpoints.json")))["newest"] == "model_iteration_3.pt"
+    resumed = run_script(tmp_path / "resumed", tmp_path / "resumed.pt", "--epochs", 2, "--ddp",
+                         "--resume", os.path.join(folder, "model_iteration_3.pt"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(load_weights(tmp_path / "resumed.pt"), ddp_reference)
+    assert not [n for n in os.listdir(private_tmp) if n.startswith("aitoolbox-ddp-")]  # the parent cleaned up

@@ -72,6 +72,12 @@ class RankComm:
         dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.flag_group)
         return bool(value.item())
 
+    def max_unchecked(self, values: List[int]) -> List[int]:
+        """Element-wise maximum of small integers over the ranks, on the flag group (no entry check)."""
+        tensor = torch.tensor(values, dtype=torch.int64)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.flag_group)
+        return tensor.tolist()
+
     def sum(self, op: str, values: torch.Tensor) -> torch.Tensor:
         """Element-wise sum of ``values`` (float64) over the ranks, on ``values``' device."""
         self.enter(op)

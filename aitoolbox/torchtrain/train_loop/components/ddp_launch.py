@@ -21,8 +21,10 @@ import gc
 import logging
 import os
 import pickle
+import signal
 import socket
 import tempfile
+import threading
 import time
 from typing import Dict, Optional
 
@@ -31,6 +33,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from aitoolbox.torchtrain.train_loop.components.ddp_config import DDPConfig
+from aitoolbox.torchtrain.train_loop.components.preemption import TrainingStopped
 from aitoolbox.torchtrain.train_loop.components.rng_state import get_rng_state, set_rng_state
 from aitoolbox.utils.io import atomic_torch_save
 from aitoolbox.utils.log import get_logger
@@ -80,14 +83,84 @@ def spawn_fit(loop, train_args: dict, config: DDPConfig, data_load: list):
         logger.info("gpu_mode='ddp': starting %d process(es) on node %d of %d (world size %d)",
                     config.num_gpus, config.node_rank, config.num_nodes, config.world_size)
         try:
-            mp.start_processes(rank_main, args=(payload_path, ddp_args), nprocs=config.num_gpus,
-                               join=True, start_method="spawn")
+            context = mp.start_processes(rank_main, args=(payload_path, ddp_args), nprocs=config.num_gpus,
+                                         join=False, start_method="spawn")
+            join_forwarding_signals(context, forwarded_signals(loop, train_args["callbacks"]))
         finally:
             del store  # closes the rendezvous server
         loop.load_checkpoint(ddp_args["result_path"])
+        stop = read_stop(run_dir)
     loop.num_epochs, loop.num_iterations = train_args["num_epochs"], train_args["num_iterations"]
     loop.grad_accumulation = train_args["grad_accumulation"]
+    if stop is not None:
+        raise stop  # the ranks stopped on a signal, with their checkpoint: this process ends as they did
     return loop.model
+
+
+# ---------------------------------------------------------------------- stop signals (see preemption.py)
+STOP_FILE = "stopped.pt"
+
+
+def forwarded_signals(loop, callbacks: list) -> tuple:
+    """The signals the parent passes on to its ranks: SIGINT, SIGTERM and those of a StopOnSignal."""
+    from aitoolbox.torchtrain.callbacks.stop_signal import StopOnSignal, with_default_stop
+
+    signals = {signal.SIGINT, signal.SIGTERM}
+    for cb in with_default_stop(callbacks, loop.callbacks_handler):
+        if isinstance(cb, StopOnSignal):
+            signals.update(cb.signals)
+    return tuple(sorted(signals))
+
+
+def join_forwarding_signals(context, signals: tuple) -> None:
+    """Wait for the spawned ranks; a signal to this process (the parent alone) is sent on to them.
+
+    Each rank then stops at a batch boundary as if it had received the signal itself (its
+    StopOnSignal treats the same signal arriving twice within a second, e.g. a terminal Ctrl-C that
+    reached the parent and the ranks, as one). Outside the main thread no handler can be set.
+    """
+    # After a rank failed, its peers get this long to end by themselves (they see the failure in
+    # their next collective) before they are sent SIGTERM, then as long again before SIGKILL: a
+    # rank that handles SIGTERM (StopOnSignal) would otherwise hold the run up for 30 s.
+    grace = PEER_FAILURE_DELAY_S + 1.0
+    if threading.current_thread() is not threading.main_thread():
+        while not context.join(grace_period=grace):
+            pass
+        return
+
+    def forward(signum, frame):
+        for process in context.processes:
+            if process.is_alive() and process.pid is not None:
+                try:
+                    os.kill(process.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    previous = {signum: signal.signal(signum, forward) for signum in signals}
+    try:
+        while not context.join(timeout=0.2, grace_period=grace):
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def write_stop(run_dir: str, stop: TrainingStopped) -> None:
+    """Hand a rank's stop (signal, checkpoint, uploads not done) to the parent."""
+    atomic_torch_save({"signum": stop.signum, "code": stop.code, "upload_timeout": stop.upload_timeout,
+                       "checkpoint": stop.checkpoint, "not_uploaded": list(stop.not_uploaded),
+                       "position": stop.position}, os.path.join(run_dir, STOP_FILE))
+
+
+def read_stop(run_dir: str) -> Optional[TrainingStopped]:
+    """The stop written by :func:`write_stop`, or None when the ranks trained to the end."""
+    path = os.path.join(run_dir, STOP_FILE)
+    if not os.path.exists(path):
+        return None
+    info = torch.load(path, weights_only=False)  # our own file in a private temporary directory
+    stop = TrainingStopped(info["signum"], info["code"], info["upload_timeout"])
+    stop.checkpoint, stop.not_uploaded, stop.position = info["checkpoint"], info["not_uploaded"], info["position"]
+    return stop
 
 
 def host_rendezvous_store(config: DDPConfig, env: Dict[str, str]) -> Optional["dist.TCPStore"]:
@@ -151,10 +224,16 @@ def rank_main(local_rank: int, payload_path: str, ddp_args: dict) -> None:
         torch.manual_seed(payload["initial_seed"])  # also seeds this rank's CUDA generator
         set_rng_state(payload["rng"])
         loop, train_args = payload["loop"], payload["train_args"]
-        loop._spawn_fit(local_rank, ddp_args, train_args["num_epochs"], train_args["num_iterations"],
-                        train_args["callbacks"], train_args["grad_accumulation"], payload["in_process_data_load"])
+        stop = None
+        try:
+            loop._spawn_fit(local_rank, ddp_args, train_args["num_epochs"], train_args["num_iterations"],
+                            train_args["callbacks"], train_args["grad_accumulation"], payload["in_process_data_load"])
+        except TrainingStopped as stopped:  # every rank stopped at the same batch; the checkpoint is written
+            stop = stopped
         if local_rank == 0:
             atomic_torch_save(loop.state_dict(), ddp_args["result_path"])
+            if stop is not None:
+                write_stop(os.path.dirname(ddp_args["result_path"]), stop)
         loop.strategy.barrier()
         loop.strategy.shutdown(loop)
     except Exception as exc:

@@ -39,6 +39,7 @@ from aitoolbox.torchtrain.train_loop.components.ddp_config import (
     DDP_FIT_KWARGS, DDPConfig, build_config, check_data_load_callbacks, launcher_env)
 from aitoolbox.torchtrain.train_loop.components.device_strategy import DeviceStrategy
 from aitoolbox.torchtrain.train_loop.components.dp_strategy import _compile_kwargs, wrapper_feed
+from aitoolbox.torchtrain.train_loop.components.preemption import TrainingStopped
 from aitoolbox.torchtrain.train_loop.components.prediction_store import PredictionStore
 
 logger = logging.getLogger("aitoolbox")
@@ -134,8 +135,9 @@ class DDPStrategy(DeviceStrategy):
                 cb.register_train_loop_object(loop)
                 cb.on_multiprocess_start()
             loop._train(**train_args)
-        except BaseException:
-            self._failed = True
+        except BaseException as exc:
+            # A stop signal ends every rank together at a batch boundary: not a failure.
+            self._failed = not isinstance(exc, TrainingStopped)
             raise
         return loop.model
 
@@ -219,6 +221,8 @@ class DDPStrategy(DeviceStrategy):
         loop.train_loader = self.prepare_train_loader(loop.train_loader)
         # Pinned callbacks are registered on their rank only: decide together.
         local = any(_BATCH_HOOKS & cb.implemented_hooks() for cb in loop.callbacks_handler.registered_callbacks)
+        # A stop signal reaches one rank (or the ranks at different batches): agree on it per batch.
+        local = local or getattr(loop, "_stop_control", None) is not None
         if self._comm.any_rank(local):
             loop.callbacks_handler.register_callbacks([_EarlyStopSync(self)], rank=self.rank)
 
@@ -369,7 +373,8 @@ class RankConsistentStore(PredictionStore):
 
 
 class _EarlyStopSync(AbstractCallback):
-    """Stops every rank after the batch in which any rank set ``early_stop`` (runs last)."""
+    """Stops every rank after the batch in which any rank set ``early_stop`` or received a stop
+    signal (runs last; one all-reduce of two integers per batch, on a CPU group)."""
 
     def __init__(self, strategy: DDPStrategy):
         super().__init__("DDP early_stop sync", execution_order=2 ** 31)
@@ -377,7 +382,13 @@ class _EarlyStopSync(AbstractCallback):
 
     def on_batch_end(self):
         loop = self.train_loop_obj
-        loop.early_stop = self._strategy._comm.any_rank_unchecked(loop.early_stop)
+        control = getattr(loop, "_stop_control", None)
+        requested = (control.requested or 0) if control is not None else 0
+        early_stop, signum = self._strategy._comm.max_unchecked([int(bool(loop.early_stop)), requested])
+        if signum:
+            loop._stop_request = signum
+            early_stop = 1
+        loop.early_stop = bool(early_stop)
 
 
 def _place_loop(loop, device: torch.device) -> None:
