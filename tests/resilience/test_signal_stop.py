@@ -77,8 +77,9 @@ def test_ddp_signal_stops_every_rank_with_a_checkpoint(tmp_path, ddp_reference, 
     assert f"Stopped by {name} at epoch 1, batch 3/3 (3 batches in all)" in output
     folder = checkpoint_folder(root)
     assert json.load(open(os.path.join(folder, "checkpoints.json")))["newest"] == "model_iteration_3.pt"
-    resumed = run_script(tmp_path / "resumed", tmp_path / "resumed.pt", "--epochs", 2, "--ddp",
-                         "--resume", os.path.join(folder, "model_iteration_3.pt"))
-    assert resumed.returncode == 0, resumed.stderr
-    assert_same_weights(load_weights(tmp_path / "resumed.pt"), ddp_reference)
     assert not [n for n in os.listdir(private_tmp) if n.startswith("aitoolbox-ddp-")]  # the parent cleaned up
+    if target == "self" and signum == signal.SIGTERM:  # one resume parity check is enough (DDP runs are slow)
+        resumed = run_script(tmp_path / "resumed", tmp_path / "resumed.pt", "--epochs", 2, "--ddp",
+                             "--resume", os.path.join(folder, "model_iteration_3.pt"))
+        assert resumed.returncode == 0, resumed.stderr
+        assert_same_weights(load_weights(tmp_path / "resumed.pt"), ddp_reference)
