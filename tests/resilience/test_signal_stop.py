@@ -83,3 +83,51 @@ def test_ddp_signal_stops_every_rank_with_a_checkpoint(tmp_path, ddp_reference, 
                              "--resume", os.path.join(folder, "model_iteration_3.pt"))
         assert resumed.returncode == 0, resumed.stderr
         assert_same_weights(load_weights(tmp_path / "resumed.pt"), ddp_reference)
+
+
+# ---------------------------------------------------------------------- S3 (moto server)
+def _bucket_keys(bucket):
+    import boto3
+    client = boto3.client("s3")
+    return {item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for item in page.get("Contents", [])}
+
+
+def test_sigterm_waits_for_pending_uploads(tmp_path, s3_bucket):
+    root = tmp_path / "run"
+    code, output, _ = run_and_signal(root, tmp_path / "o.pt", 8, signal.SIGTERM, "self", "--epochs", EPOCHS,
+                                     "--bucket", s3_bucket)
+    assert code == 143, output
+    assert "no upload pending" in output
+    folder = checkpoint_folder(root)
+    experiment = os.path.basename(os.path.dirname(folder))
+    keys = _bucket_keys(s3_bucket)
+    for name in os.listdir(folder):  # every local checkpoint file and the manifest reached the bucket
+        assert f"proj/{experiment}/checkpoint_model/{name}" in keys
+
+
+def test_sigterm_during_s3_outage_exits_within_the_upload_timeout(tmp_path, s3_bucket, moto_server):
+    root = tmp_path / "run"
+    moto_was_stopped = []
+
+    def stop_moto_when_paused():
+        import threading
+        import time
+
+        def watch():
+            while not (root / "paused_rank0").exists():
+                time.sleep(0.05)
+            moto_server.stop()  # connections refused from now on: the stop checkpoint cannot be uploaded
+            moto_was_stopped.append(True)
+        threading.Thread(target=watch, daemon=True).start()
+
+    try:
+        stop_moto_when_paused()
+        code, output, elapsed = run_and_signal(root, tmp_path / "o.pt", 8, signal.SIGTERM, "self",
+                                               "--epochs", EPOCHS, "--bucket", s3_bucket, "--upload-timeout", 2)
+    finally:
+        moto_server.start(reset_state=True)
+    assert moto_was_stopped and code == 143, output
+    assert "upload(s) NOT done within 2s" in output and "model_iteration_8.pt" in output
+    assert elapsed < 2 + 20  # the upload bound, plus the paused batch's end and the interpreter's exit
+    assert os.path.isfile(os.path.join(checkpoint_folder(root), "model_iteration_8.pt"))  # the local copy is complete
