@@ -22,11 +22,12 @@ import logging
 import math
 import os
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 logger = logging.getLogger("aitoolbox")
 
 MANIFEST_FILE = "checkpoints.json"
+CHECKPOINT_DIR = "checkpoint_model"  # as aitoolbox.experiment.experiment_folder.CHECKPOINT_DIR
 #: tie-break between checkpoints taken after the same number of batches: later kinds are newer
 KIND_ORDER = {"iteration": 0, "epoch": 1, "crash": 2}
 _LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse", "error", "perplexity")
@@ -118,32 +119,123 @@ def _is_number(value: Any) -> bool:
 
 
 def read_manifest(folder: str) -> Optional[Dict[str, Any]]:
-    """The ``checkpoints.json`` of a checkpoint folder, or None when absent or unreadable."""
+    """The ``checkpoints.json`` of a checkpoint folder, or None when absent, unreadable or malformed."""
     path = os.path.join(folder, MANIFEST_FILE)
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            manifest = json.load(f)
     except (OSError, ValueError):
         return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("checkpoints", []), list):
+        logger.warning("%s is malformed (not a checkpoint manifest); the checkpoint files are used instead.", path)
+        return None
+    manifest["checkpoints"] = [e for e in manifest.get("checkpoints", [])
+                               if isinstance(e, dict) and isinstance(e.get("file"), str)
+                               and isinstance(e.get("total_iteration"), int) and isinstance(e.get("kind"), str)]
+    return manifest
 
 
-def find_latest_checkpoint(folder: str) -> Optional[str]:
-    """Path of the newest checkpoint in ``folder`` (a ``checkpoint_model/`` folder), or None.
+def checkpoint_folder_of(path: Union[str, os.PathLike]) -> str:
+    """The ``checkpoint_model/`` folder of ``path``: an experiment folder or a checkpoint folder (``~`` expanded)."""
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    nested = os.path.join(path, CHECKPOINT_DIR)
+    return nested if os.path.isdir(nested) else path
 
-    Uses ``checkpoints.json`` when present (entries whose file exists); otherwise the most
-    recently modified ``*.pt`` file.
+
+#: what an interrupted atomic write leaves behind (see ``aitoolbox.utils.io.atomic_write_path``)
+_TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp$")
+
+
+def remove_stale_temporaries(folder: Union[str, os.PathLike]) -> List[str]:
+    """Delete the hidden ``.<name>.<random>.tmp`` files that killed writes left in ``folder``.
+
+    Call it only when no other process writes into ``folder`` (at the start of a run).
+
+    Returns:
+        The removed paths.
     """
-    manifest = read_manifest(folder)
-    if manifest:
-        present = [e for e in manifest.get("checkpoints", [])
-                   if os.path.isfile(os.path.join(folder, e["file"]))]
-        newest = newest_entry(present)
-        if newest is not None:
-            return os.path.join(folder, newest["file"])
-    files = [p for p in glob.glob(os.path.join(folder, "*.pt")) if os.path.isfile(p)]
-    if files:
-        return max(files, key=os.path.getmtime)
-    return find_latest_original_checkpoint(folder)
+    folder = os.fspath(folder)
+    removed = []
+    for name in (os.listdir(folder) if os.path.isdir(folder) else []):
+        path = os.path.join(folder, name)
+        if _TEMPORARY_PATTERN.match(name) and os.path.isfile(path):
+            try:
+                os.remove(path)
+                removed.append(path)
+            except OSError as error:
+                logger.warning("Could not remove the stale temporary file %s: %s", path, error)
+    if removed:
+        logger.info("Removed %d temporary file(s) of interrupted writes in %s.", len(removed), folder)
+    return removed
+
+
+def inspect_checkpoint(path: str) -> Optional[Dict[str, Any]]:
+    """What a checkpoint file says about itself, read from the file; None when it does not load.
+
+    Returns:
+        ``{"total_iteration": int or None, "exact": bool, "kind": str}``: the batches done (None
+        for a file of another format), whether it is an exact resume point (crash checkpoints
+        record it), and its kind (from the name).
+    """
+    import torch  # lazily: importing aitoolbox.experiment must not import torch
+
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # reads no tensor data
+        except RuntimeError:
+            state = torch.load(path, map_location="cpu", weights_only=True)  # the legacy (non-zip) format
+    except Exception:  # truncated, empty, not a torch file: not a resume point
+        return None
+    if not isinstance(state, dict):
+        return None
+    crash = state.get("crash")
+    total = state.get("total_iteration_idx")
+    name = os.path.basename(path)
+    kind = "crash" if name.startswith("model_crash_") else "iteration" if name.startswith("model_iteration_") \
+        else "epoch"
+    return {"total_iteration": total if isinstance(total, int) else None,
+            "exact": not (isinstance(crash, dict) and crash.get("exact_resume") is False), "kind": kind}
+
+
+def find_latest_checkpoint(folder: Union[str, os.PathLike]) -> Optional[str]:
+    """Path of the checkpoint that continues the run furthest, exactly; None when there is none.
+
+    ``folder``: a ``checkpoint_model/`` folder or the experiment folder holding one (``~`` is
+    expanded). Every ``*.pt`` file is checked by loading it (memory-mapped: its tensors are not
+    read): a truncated or corrupt file is skipped with a warning, and so is a crash checkpoint
+    flagged as not exact when an exact one exists. The newest by progress (batches done; then
+    epoch end, then crash) wins; ``checkpoints.json`` is not trusted for that (it can name a file
+    that a killed run deleted). Files of another format rank by modification time. A folder
+    holding only aitoolbox 1.8 checkpoints (``*_E<n>.pth``) yields the newest of them.
+    """
+    folder = checkpoint_folder_of(folder)
+    files = sorted(p for p in glob.glob(os.path.join(folder, "*.pt")) if os.path.isfile(p))
+    candidates, broken = [], []
+    for path in files:
+        info = inspect_checkpoint(path)
+        if info is None:
+            broken.append(path)
+        else:
+            candidates.append((path, info))
+    if broken:
+        logger.warning("Skipped %d checkpoint file(s) that do not load (truncated or corrupt): %s",
+                       len(broken), [os.path.basename(p) for p in broken])
+    if not candidates:
+        return find_latest_original_checkpoint(folder)
+
+    def progress(item):
+        path, info = item
+        total = info["total_iteration"]
+        return (total is not None, total or 0, KIND_ORDER.get(info["kind"], 0), os.path.getmtime(path))
+
+    newest = max(candidates, key=progress)
+    exact = [item for item in candidates if item[1]["exact"]]
+    if not newest[1]["exact"] and exact:
+        chosen = max(exact, key=progress)
+        logger.warning("The newest checkpoint %s was taken mid-update (not an exact resume point); using "
+                       "%s, the newest exact one.", os.path.basename(newest[0]), os.path.basename(chosen[0]))
+        newest = chosen
+    return newest[0]
 
 
 #: aitoolbox 1.8's checkpoint names: ``model_<experiment>_<timestamp>_E<epoch>[_ITER<iteration>].pth``

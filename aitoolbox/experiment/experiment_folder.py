@@ -18,6 +18,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import unicodedata
 import zipfile
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
@@ -182,6 +183,27 @@ class ExperimentFolder:
             os.makedirs(self.sub_path(sub), exist_ok=True)
         self.created = True
         return True
+
+    def existing_runs(self) -> list:
+        """Timestamps of the existing folders of this experiment (``<experiment_name>_<timestamp>``
+        under the project folder), newest first."""
+        project = os.path.join(self.root, self.project_name)
+        pattern = re.compile(re.escape(self.experiment_name) + r"_(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)(?:_(\d+))?$")
+        found = []
+        for name in (os.listdir(project) if os.path.isdir(project) else []):
+            match = pattern.match(name)
+            if match and os.path.isdir(os.path.join(project, name)):
+                found.append(((match.group(1), int(match.group(2) or 0)), name[len(self.experiment_name) + 1:]))
+        return [timestamp for _, timestamp in sorted(found, reverse=True)]
+
+    def reuse(self, timestamp: str) -> str:
+        """Make this the existing folder ``<experiment_name>_<timestamp>`` (resuming a run): files are
+        written into it, nothing of it is re-created. Returns its path."""
+        self.timestamp = validate_name(timestamp, "experiment timestamp")
+        for sub in (CHECKPOINT_DIR, MODEL_DIR, RESULTS_DIR):
+            os.makedirs(self.sub_path(sub), exist_ok=True)
+        self.created = True
+        return self.path
 
     def __repr__(self) -> str:
         return f"ExperimentFolder({self.path!r})"

@@ -190,10 +190,11 @@ def test_crash_after_numpy_draws_is_flagged_and_epoch_checkpoint_stays_exact(tmp
                                cloud_save_mode=None, show_progress=False)
     with pytest.raises(KeyboardInterrupt):
         loop.fit(num_epochs=NUM_EPOCHS, callbacks=[scheduler()])
-    newest = find_latest_checkpoint(checkpoint_dir(loop))
-    assert os.path.basename(newest) == "model_crash_iteration_9.pt"
-    assert torch.load(newest, weights_only=True)["crash"]["exact_resume"] is False
+    crash_checkpoint = os.path.join(checkpoint_dir(loop), "model_crash_iteration_9.pt")
+    assert torch.load(crash_checkpoint, weights_only=True)["crash"]["exact_resume"] is False
+    # the lookup does not prefer the inexact crash checkpoint to the exact one before it
     epoch_checkpoint = os.path.join(checkpoint_dir(loop), "model_epoch_1.pt")
+    assert find_latest_checkpoint(checkpoint_dir(loop)) == epoch_checkpoint
     assert_same_run(resume(epoch_checkpoint, 1, augment=True), references["augment"])
 
 

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from aitoolbox.experiment import experiment_folder as ef
 from aitoolbox.experiment.checkpoint_registry import (
-    MANIFEST_FILE, CheckpointRegistry, checkpoint_file_name)
+    MANIFEST_FILE, CheckpointRegistry, checkpoint_file_name, remove_stale_temporaries)
 from aitoolbox.experiment.result_package.abstract_result_packages import AbstractResultPackage
 from aitoolbox.experiment.result_writers import plot_history, write_history_csv
 from aitoolbox.torchtrain.callbacks.experiment_base import SAVER_ORDER, AbstractExperimentCallback
@@ -145,6 +145,8 @@ class ModelCheckpoint(AbstractExperimentCallback):
         if self.is_writer():
             self.crash_point.on_train_begin(self.train_loop_obj)
             self.start_experiment()
+            # Hidden temporaries of writes a killed run left (full checkpoint size each).
+            remove_stale_temporaries(os.path.join(self.store.path, ef.CHECKPOINT_DIR))
 
     def on_batch_begin(self):
         self.crash_point.on_batch_begin()

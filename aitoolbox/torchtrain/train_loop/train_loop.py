@@ -417,11 +417,14 @@ class TrainLoop:
         self.callbacks_handler.reset()
         self.callbacks_handler.register_callbacks(with_default_stop(callbacks, self.callbacks_handler),
                                                   rank=self.strategy.rank)
+        unclaimed = []
         if self._pending_callback_state is not None:
-            self.callbacks_handler.load_state_dict(self._pending_callback_state)
+            unclaimed = self.callbacks_handler.load_state_dict(self._pending_callback_state)
             self._pending_callback_state = None
         checkpointing.apply_pending_scheduler_states(self)  # of an aitoolbox 1.8 checkpoint
         self.strategy.setup_run(self)
+        if unclaimed or getattr(self, "_resumed_run_shape", None):
+            checkpointing.warn_inexact_resume(self, unclaimed)
         if self.print_callbacks and self.is_main_process():
             self.callbacks_handler.print_registered_callbacks()
         for optimizer in self.optimizers:
@@ -817,6 +820,10 @@ class TrainLoop:
 
     def load_checkpoint(self, path: str) -> "TrainLoop":
         """Load a checkpoint written by :meth:`save_checkpoint` (local path or ``s3://`` URI).
+
+        A local folder - an experiment folder or its ``checkpoint_model/`` - loads its newest
+        complete, exact checkpoint (verified from the files; see ``docs/fault_tolerance.md``).
+        ``~`` is expanded.
 
         Returns:
             self, so that ``loop.load_checkpoint(p).fit(num_epochs=n)`` continues the run.

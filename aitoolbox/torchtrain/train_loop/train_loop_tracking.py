@@ -7,9 +7,12 @@ at the start of ``fit``, before any training.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Callable, List, Optional, Sequence, Union
 
+from aitoolbox.experiment.checkpoint_registry import find_latest_checkpoint, remove_stale_temporaries
+from aitoolbox.experiment.experiment_folder import CHECKPOINT_DIR
 from aitoolbox.experiment.experiment_store import ExperimentStore
 from aitoolbox.experiment.result_package.abstract_result_packages import AbstractResultPackage
 from aitoolbox.torchtrain.callbacks.model_save import (
@@ -19,6 +22,7 @@ from aitoolbox.torchtrain.train_loop.components.pred_collate_fns import append_p
 from aitoolbox.torchtrain.train_loop.train_loop import TrainLoop
 
 PathLike = Union[str, os.PathLike]
+logger = logging.getLogger("aitoolbox")
 
 
 class _TrackingMixin:
@@ -53,6 +57,38 @@ class _TrackingMixin:
         for name, value in extra.items():
             setattr(self, name, value)
 
+    def _resume_latest(self) -> Optional[str]:
+        """``resume=True``: continue the newest run of this experiment in its own folder.
+
+        The newest existing folder ``<experiment_name>_<timestamp>`` that holds a loadable
+        checkpoint becomes this loop's experiment folder, stale temporary files of killed writes
+        are removed from it, and its newest exact checkpoint is loaded. Without any, a new run
+        starts (in the newest existing folder of the experiment, if there is one).
+
+        Returns:
+            The checkpoint loaded, or None.
+        """
+        folder = self.experiment_store.folder
+        runs = folder.existing_runs()
+        for timestamp in runs:
+            checkpoint_dir = os.path.join(folder.root, folder.project_name, f"{folder.experiment_name}_{timestamp}",
+                                          CHECKPOINT_DIR)
+            remove_stale_temporaries(checkpoint_dir)
+            checkpoint = find_latest_checkpoint(checkpoint_dir) if os.path.isdir(checkpoint_dir) else None
+            if checkpoint is not None:
+                folder.reuse(timestamp)
+                self.load_checkpoint(checkpoint)
+                logger.info("resume=True: continuing %s from %s (epoch %d, %d batches done in it).", folder.path,
+                            os.path.basename(checkpoint), self.epoch + 1, self.iteration)
+                return checkpoint
+        if runs:
+            folder.reuse(runs[0])
+            logger.info("resume=True: no checkpoint in %s yet; training starts from the beginning in it.", folder.path)
+        else:
+            logger.info("resume=True: no earlier run of experiment %r in %s; starting a new one.",
+                        folder.experiment_name, os.path.join(folder.root, folder.project_name))
+        return None
+
     @property
     def experiment_timestamp(self) -> str:
         """Timestamp part of the experiment folder's name."""
@@ -62,6 +98,11 @@ class _TrackingMixin:
     def experiment_dir(self) -> str:
         """Absolute path of the local experiment folder."""
         return self.experiment_store.path
+
+
+def _check_resume(resume) -> None:
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be True (continue the newest run of this experiment) or False, got {resume!r}.")
 
 
 def _checkpoint_callback(store: ExperimentStore, rm_subopt_local_models, num_best_checkpoints_kept,
@@ -101,6 +142,9 @@ class TrainLoopCheckpoint(_TrackingMixin, TrainLoop):
         collate_batch_pred_fn, pred_transform_fn, end_auto_eval: as in :class:`TrainLoop`.
         lazy_experiment_save, print_callbacks, gpu_mode, cuda_device_idx: as in :class:`TrainLoop`.
         use_amp, show_progress, torch_compile, quiet: as in :class:`TrainLoop`.
+        resume: continue the newest run of this experiment: its folder is reused and its newest
+            exact checkpoint loaded (see ``docs/fault_tolerance.md``); without one, training starts
+            from the beginning.
 
     Raises:
         TypeError, ValueError: an invalid argument, an unwritable folder or a missing bucket.
@@ -116,8 +160,9 @@ class TrainLoopCheckpoint(_TrackingMixin, TrainLoop):
                  lazy_experiment_save: bool = False, print_callbacks: bool = False, gpu_mode: str = "single",
                  cuda_device_idx: Optional[int] = None, use_amp: Union[bool, dict] = False,
                  show_progress: bool = True, torch_compile: Union[bool, dict] = False,
-                 quiet: bool = False):
+                 quiet: bool = False, *, resume: bool = False):
         validate_checkpoint_args(rm_subopt_local_models, num_best_checkpoints_kept)
+        _check_resume(resume)
         validate_save_frequency(iteration_save_freq, "iteration_save_freq")
         TrainLoop.__init__(self, model, train_loader, validation_loader, test_loader, optimizer, criterion,
                            collate_batch_pred_fn, pred_transform_fn, end_auto_eval, lazy_experiment_save,
@@ -132,6 +177,8 @@ class TrainLoopCheckpoint(_TrackingMixin, TrainLoop):
                                         iteration_save_freq=iteration_save_freq)
         self.tracking_callbacks = [_checkpoint_callback(self.experiment_store, rm_subopt_local_models,
                                                         num_best_checkpoints_kept, iteration_save_freq)]
+        self.resume = resume
+        self.resumed_from = self._resume_latest() if resume else None
 
 
 class TrainLoopEndSave(_TrackingMixin, TrainLoop):
@@ -198,6 +245,9 @@ class TrainLoopCheckpointEndSave(_TrackingMixin, TrainLoop):
         collate_batch_pred_fn, pred_transform_fn, end_auto_eval: as in :class:`TrainLoop`.
         lazy_experiment_save, print_callbacks, gpu_mode, cuda_device_idx: as in :class:`TrainLoop`.
         use_amp, show_progress, torch_compile, quiet: as in :class:`TrainLoop`.
+        resume: continue the newest run of this experiment: its folder is reused and its newest
+            exact checkpoint loaded (see ``docs/fault_tolerance.md``); without one, training starts
+            from the beginning.
 
     Raises:
         TypeError, ValueError: an invalid argument, an unwritable folder or a missing bucket.
@@ -215,8 +265,9 @@ class TrainLoopCheckpointEndSave(_TrackingMixin, TrainLoop):
                  lazy_experiment_save: bool = False, print_callbacks: bool = False, gpu_mode: str = "single",
                  cuda_device_idx: Optional[int] = None, use_amp: Union[bool, dict] = False,
                  show_progress: bool = True, torch_compile: Union[bool, dict] = False,
-                 quiet: bool = False):
+                 quiet: bool = False, *, resume: bool = False):
         validate_checkpoint_args(rm_subopt_local_models, num_best_checkpoints_kept)
+        _check_resume(resume)
         validate_save_frequency(iteration_save_freq, "iteration_save_freq")
         validate_result_packages(val_result_package, test_result_package, validation_loader, test_loader)
         TrainLoop.__init__(self, model, train_loader, validation_loader, test_loader, optimizer, criterion,
@@ -238,6 +289,8 @@ class TrainLoopCheckpointEndSave(_TrackingMixin, TrainLoop):
             _checkpoint_callback(self.experiment_store, rm_subopt_local_models, num_best_checkpoints_kept,
                                  iteration_save_freq),
         ]
+        self.resume = resume
+        self.resumed_from = self._resume_latest() if resume else None
 
 
 __all__ = ["TrainLoopCheckpoint", "TrainLoopEndSave", "TrainLoopCheckpointEndSave"]

@@ -173,6 +173,8 @@ def loop_state_dict(loop) -> dict:
         "epoch_start_rng_state": loop.epoch_start_rng if mid_epoch else None,
         "loss_batch_accum": _pack_losses(loop.loss_batch_accum) if mid_epoch else None,
         "pending_grads": _pending_grads(loop.module),
+        # what the run looked like, to tell on resume what cannot continue exactly
+        "run_shape": {"train_loader_len": _loader_len(loop.train_loader), "world_size": loop.strategy.world_size},
     }
 
 
@@ -207,8 +209,41 @@ def load_loop_state_dict(loop, state: dict) -> None:
     losses = _unpack_losses(state["loss_batch_accum"])
     loop.loss_batch_accum = [_to_device(loss, loop.device) for loss in losses]
     loop._pending_grads = state["pending_grads"]
+    loop._resumed_run_shape = state.get("run_shape")
     loop.weights_version += 1
     loop.prediction_store.clear()
+
+
+def _loader_len(loader) -> Optional[int]:
+    try:
+        return len(loader)
+    except TypeError:  # None, or a loader without len()
+        return None
+
+
+def warn_inexact_resume(loop, unclaimed_callback_states) -> None:
+    """At the start of a resumed ``fit`` (main process): say what cannot continue exactly.
+
+    A callback whose state the checkpoint holds but that is not registered again (a scheduler
+    left out), a train loader of another length, or another number of processes.
+    """
+    shape = getattr(loop, "_resumed_run_shape", None)
+    loop._resumed_run_shape = None
+    if not loop.is_main_process():
+        return
+    stateful = [key.split(":")[1] if key.count(":") >= 2 else key for key in unclaimed_callback_states]
+    if stateful:
+        logger.warning("The checkpoint holds the state of callback(s) %s that this fit does not register again; "
+                       "the run does not continue exactly (pass the same callbacks to fit(callbacks=...)).", stateful)
+    if not shape:
+        return
+    length, world_size = _loader_len(loop.train_loader), loop.strategy.world_size
+    if shape.get("world_size") not in (None, world_size):
+        logger.warning("The checkpoint was written by a run of %s process(es), this run has %s: the data is sharded "
+                       "differently, so the run does not continue exactly.", shape["world_size"], world_size)
+    elif shape.get("train_loader_len") not in (None, length):
+        logger.warning("The checkpoint's train loader had %s batches per epoch, this one has %s: the run does not "
+                       "continue exactly (another data set, batch size or drop_last).", shape["train_loader_len"], length)
 
 
 def restore_pending_grads(loop) -> None:
@@ -230,7 +265,7 @@ def save_checkpoint(loop, path: str) -> str:
 
     cloud = backend_for_uri(path)
     if cloud is None:
-        return atomic_torch_save(loop.state_dict(), path)
+        return atomic_torch_save(loop.state_dict(), os.path.expanduser(os.fspath(path)))
     bucket, key = cloud.parse_uri(path)
     with tempfile.TemporaryDirectory() as tmp_dir:
         local_path = os.path.join(tmp_dir, "checkpoint.pt")
@@ -239,13 +274,44 @@ def save_checkpoint(loop, path: str) -> str:
     return path
 
 
-def load_checkpoint(loop, path: str) -> None:
+def load_checkpoint(loop, path: str) -> str:
     """Load a checkpoint from a local path or an ``s3://`` / ``gs://`` URI into ``loop``.
 
-    Read onto the CPU: RNG states must stay CPU tensors; the model and optimizers copy their
-    states to their own devices.
+    A local folder (an experiment folder or its ``checkpoint_model/``) loads its newest exact
+    checkpoint (see :func:`~aitoolbox.experiment.checkpoint_registry.find_latest_checkpoint`);
+    ``~`` is expanded. Read onto the CPU: RNG states must stay CPU tensors; the model and
+    optimizers copy their states to their own devices.
+
+    Returns:
+        The path of the file loaded.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path`` (or in the folder).
     """
+    path = resolve_checkpoint_path(path)
     loop.load_state_dict(read_checkpoint(path, map_location="cpu"))
+    return path
+
+
+def resolve_checkpoint_path(path) -> str:
+    """``path`` with ``~`` expanded; a local folder becomes its newest exact checkpoint.
+
+    Raises:
+        FileNotFoundError: a folder without a loadable checkpoint.
+    """
+    from aitoolbox.cloud.backends import backend_for_uri
+    from aitoolbox.experiment.checkpoint_registry import find_latest_checkpoint
+
+    path = os.fspath(path)
+    if backend_for_uri(path) is not None:
+        return path
+    path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        found = find_latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"No loadable checkpoint in the folder {path!r} (nor in its checkpoint_model/).")
+        return found
+    return path
 
 
 def read_checkpoint(path: str, map_location=None) -> dict:
@@ -254,6 +320,7 @@ def read_checkpoint(path: str, map_location=None) -> dict:
 
     cloud = backend_for_uri(path)
     if cloud is None:
+        path = os.path.expanduser(os.fspath(path))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No checkpoint file at {path!r}.")
         return safe_torch_load(path, map_location)
