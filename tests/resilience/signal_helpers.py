@@ -35,9 +35,10 @@ def wait_for(path, proc, timeout=120):
 
 
 def run_and_signal(root, out, pause_at, signum=signal.SIGTERM, target="self", *args, env=None, timeout=180,
-                   ranks=1):
+                   ranks=1, second_signal_after=None):
     """Start the script, wait until it pauses at batch ``pause_at``, send ``signum`` and let it go on.
 
+    ``second_signal_after``: send the signal again this many seconds after the first.
     ``target``: ``'self'`` (the script's process: the DDP parent under ``--ddp``) or ``'rank<r>'``
     (the process of DDP rank r). Returns ``(returncode, output, seconds from the signal to the exit)``.
     """
@@ -56,6 +57,10 @@ def run_and_signal(root, out, pause_at, signum=signal.SIGTERM, target="self", *a
         os.kill(pid, signum)
         sent = time.monotonic()
         time.sleep(0.5)  # the handler runs before the paused batch ends
+        if second_signal_after is not None:
+            time.sleep(max(second_signal_after - 0.5, 0))
+            os.kill(pid, signum)
+            time.sleep(0.5)
         open(os.path.join(root, "go"), "w").close()
         output, _ = proc.communicate(timeout=timeout)
         return proc.returncode, output, time.monotonic() - sent

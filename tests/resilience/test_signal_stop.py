@@ -46,6 +46,47 @@ def test_signal_mid_epoch_writes_exact_checkpoint_and_resumes_exactly(tmp_path, 
     assert_same_weights(load_weights(tmp_path / "resumed.pt"), reference)
 
 
+def test_resume_true_continues_in_the_same_folder_past_a_truncated_checkpoint(tmp_path, reference, caplog):
+    """Stop on SIGTERM, cut the stop checkpoint short (a disk that filled), resume with resume=True."""
+    root = tmp_path / "run"
+    code, output, _ = run_and_signal(root, tmp_path / "stopped.pt", 9, signal.SIGTERM, "self", "--epochs", EPOCHS)
+    assert code == 143, output
+    folder = checkpoint_folder(root)
+    stop_checkpoint = os.path.join(folder, "model_iteration_9.pt")
+    data = open(stop_checkpoint, "rb").read()
+    with open(stop_checkpoint, "wb") as f:
+        f.write(data[: len(data) // 3])
+    open(os.path.join(folder, ".model_iteration_9.pt.x1y2z3.tmp"), "wb").write(data[:100])  # a killed write's leftover
+
+    resumed = run_script(root, tmp_path / "resumed.pt", "--epochs", EPOCHS, "--resume", "latest")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Skipped 1 checkpoint file(s) that do not load" in resumed.stderr and "model_iteration_9.pt" in resumed.stderr
+    assert "continuing" in resumed.stderr and "from model_epoch_1.pt" in resumed.stderr
+    assert len(os.listdir(root / "proj")) == 1  # the same experiment folder
+    result = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    assert os.path.dirname(folder) == result["experiment_dir"]
+    assert len(result["history"]["loss"]) == EPOCHS and len(result["history"]["val_loss"]) == EPOCHS
+    assert_same_weights(result["model"], reference)
+    assert not [n for n in os.listdir(folder) if n.endswith(".tmp")]
+
+
+def test_second_ctrl_c_stops_at_once(tmp_path):
+    """The second SIGINT (1 s or more after the first) interrupts the batch in progress."""
+    code, output, elapsed = run_and_signal(tmp_path / "run", tmp_path / "o.pt", 8, signal.SIGINT, "self",
+                                           "--epochs", EPOCHS, second_signal_after=1.2)
+    assert code in (-signal.SIGINT, 130), output  # an uncaught KeyboardInterrupt: "killed by SIGINT"
+    assert "KeyboardInterrupt: second SIGINT: stopping at once" in output
+    assert "Stopped by" not in output
+    assert elapsed < 30
+
+
+def test_a_repeated_delivery_within_a_second_counts_once(tmp_path):
+    code, output, _ = run_and_signal(tmp_path / "run", tmp_path / "o.pt", 8, signal.SIGTERM, "self",
+                                     "--epochs", EPOCHS, second_signal_after=0.6)
+    assert code == 143, output
+    assert "Stopped by SIGTERM" in output
+
+
 def test_unhandled_signal_keeps_its_default(tmp_path):
     """SIGUSR1 is not in the default set: it kills the process as before (no checkpoint)."""
     code, output, _ = run_and_signal(tmp_path / "run", tmp_path / "o.pt", 3, signal.SIGUSR1, "self", "--epochs", 1)

@@ -26,7 +26,7 @@ from aitoolbox.experiment.result_package.abstract_result_packages import Abstrac
 from aitoolbox.experiment.result_writers import plot_history, write_history_csv
 from aitoolbox.torchtrain.callbacks.experiment_base import SAVER_ORDER, AbstractExperimentCallback
 from aitoolbox.torchtrain.train_loop.components import checkpointing
-from aitoolbox.torchtrain.train_loop.components.preemption import StopNow, TrainingStopped
+from aitoolbox.torchtrain.train_loop.components.preemption import TrainingStopped
 from aitoolbox.utils.io import atomic_torch_save, atomic_write_path
 
 logger = logging.getLogger("aitoolbox")
@@ -38,12 +38,13 @@ HISTORY_CSV_FILE = "train_history.csv"
 PLOTS_DIR = "plots"
 
 
-def _stop_upload_wait(exception: BaseException) -> Optional[float]:
+def _stop_upload_wait(loop, exception: BaseException) -> Optional[float]:
     """How long a crash hook may wait for uploads: a stop signal's bound (0 after a second
-    signal), else None (the store's ``flush_timeout``)."""
+    signal, which asks to stop at once), else None (the store's ``flush_timeout``)."""
     if isinstance(exception, TrainingStopped):
         return exception.upload_timeout
-    return 0.0 if isinstance(exception, StopNow) else None
+    forced = getattr(getattr(loop, "_stop_control", None), "forced", False)
+    return 0.0 if isinstance(exception, KeyboardInterrupt) and forced else None
 
 
 def validate_checkpoint_args(rm_subopt_local_models: Any, num_best_checkpoints_kept: Any) -> Optional[str]:
@@ -182,8 +183,8 @@ class ModelCheckpoint(AbstractExperimentCallback):
         except Exception as error:  # the original exception must propagate, not this one
             logger.error("Could not write the crash checkpoint: %s", error)
         finally:
-            # After a second stop signal (StopNow) the user asked to stop at once: no upload wait.
-            self.store.finish_run(max_wait=_stop_upload_wait(exception))
+            # After a second stop signal the user asked to stop at once: no upload wait.
+            self.store.finish_run(max_wait=_stop_upload_wait(self.train_loop_obj, exception))
 
     def _save_stop_checkpoint(self, stop: TrainingStopped) -> None:
         """On a stop signal (at a batch boundary): an exact checkpoint, then a bounded upload wait.
@@ -368,7 +369,7 @@ class ModelTrainEndSave(AbstractExperimentCallback):
         except Exception as error:  # the original exception must propagate, not this one
             logger.error("Could not save the training history after the crash: %s", error)
         finally:
-            self.store.finish_run(max_wait=_stop_upload_wait(exception))
+            self.store.finish_run(max_wait=_stop_upload_wait(self.train_loop_obj, exception))
 
     def evaluate_result_packages(self) -> Dict[str, Dict[str, Any]]:
         """Prepare the result packages on the (cached) validation / test predictions."""

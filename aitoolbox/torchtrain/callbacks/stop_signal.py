@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 
 from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
 from aitoolbox.torchtrain.train_loop.components.preemption import (
-    FORCE_STOP_MIN_INTERVAL_S, StopNow, TrainingStopped, signal_name)
+    FORCE_STOP_MIN_INTERVAL_S, TrainingStopped, signal_name)
 
 logger = logging.getLogger("aitoolbox")
 
@@ -58,8 +58,10 @@ class StopOnSignal(AbstractCallback):
     ``SystemExit``: uncaught, the script exits with ``exit_code`` (default ``128 + signal``: 143
     for SIGTERM, 130 for SIGINT, 138 for SIGUSR1).
 
-    A second signal, at least 1 s after the first, stops at once (``KeyboardInterrupt``; the
-    local crash checkpoint is still written, uploads are not waited for).
+    A second signal, at least 1 s after the first, stops at once: it raises ``KeyboardInterrupt``
+    where the run is (the local crash checkpoint is still written, uploads are not waited for), so
+    the script ends as on a Ctrl-C (exit status 130). A second delivery within 1 s is taken as the
+    same event (a terminal's Ctrl-C reaches a DDP parent and its ranks, and the parent forwards it).
 
     Args:
         signals: the signals that stop training (names or numbers).
@@ -88,6 +90,8 @@ class StopOnSignal(AbstractCallback):
         self.exit_code = exit_code
         #: the signal received and not acted on yet (None: none)
         self.requested: Optional[int] = None
+        #: a second signal arrived: the run stops at once (KeyboardInterrupt)
+        self.forced = False
         self._first_signal_at = 0.0
         self._previous: dict = {}
 
@@ -101,7 +105,7 @@ class StopOnSignal(AbstractCallback):
         self.train_loop_obj._stop_control = self
 
     def on_train_begin(self):
-        self.requested = None
+        self.requested, self.forced = None, False
         self._install()
 
     def on_train_end(self):
@@ -135,7 +139,8 @@ class StopOnSignal(AbstractCallback):
         if self.requested is not None:
             if now - self._first_signal_at >= FORCE_STOP_MIN_INTERVAL_S:
                 self._restore()
-                raise StopNow(f"second {signal_name(signum)}: stopping at once")
+                self.forced = True  # the checkpoint callbacks then wait for no upload
+                raise KeyboardInterrupt(f"second {signal_name(signum)}: stopping at once")
             return  # the same event delivered twice (see FORCE_STOP_MIN_INTERVAL_S)
         self.requested, self._first_signal_at = signum, now
         loop = self.train_loop_obj
@@ -200,4 +205,4 @@ def requeue_slurm_job() -> bool:
     return True
 
 
-__all__ = ["StopOnSignal", "TrainingStopped", "StopNow", "requeue_slurm_job", "with_default_stop"]
+__all__ = ["StopOnSignal", "TrainingStopped", "requeue_slurm_job", "with_default_stop"]

@@ -76,14 +76,6 @@ def _rebuild_stopped(signum, code, upload_timeout, checkpoint, not_uploaded, pos
     return stop
 
 
-class StopNow(KeyboardInterrupt):
-    """A second stop signal arrived while the first was being handled: stop at once.
-
-    Checkpoint callbacks do not wait for uploads after it (the local crash checkpoint is still
-    written); it ends the script like a Ctrl-C (exit status 130).
-    """
-
-
 def stop_exception(loop) -> TrainingStopped:
     """The :class:`TrainingStopped` for the request that ``loop`` agreed on (``loop._stop_request``)."""
     control = getattr(loop, "_stop_control", None)
