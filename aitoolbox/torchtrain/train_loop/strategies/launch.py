@@ -265,10 +265,29 @@ def join_process_group(config: DDPConfig, rank: int, world_size: int, store=None
             raise RuntimeError(f"The initialised process group is rank {dist.get_rank()} of "
                                f"{dist.get_world_size()}, but the launcher says {rank} of {world_size}.")
         return False
+    if store is None:
+        store = elastic_restart_store(config, rank, world_size)
     rendezvous = {"init_method": config.init_method} if store is None else {"store": store}
     dist.init_process_group(config.backend, rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=config.timeout), **rendezvous)
     return True
+
+
+def elastic_restart_store(config: DDPConfig, rank: int, world_size: int) -> Optional["dist.Store"]:
+    """Under torchrun (``TORCHELASTIC_RESTART_COUNT`` set), the rendezvous store of this attempt.
+
+    torchrun keeps one store for all the attempts of a job (``TORCHELASTIC_USE_AGENT_STORE``): the
+    process group of a restarted attempt reads the addresses the previous attempt's ranks left
+    in it and fails to connect ("Gloo connectFullMesh failed ... Connection refused"). A prefix
+    per attempt keeps each attempt's keys apart. None outside torchrun or for another init method.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or config.init_method != "env://" or "MASTER_PORT" not in os.environ:
+        return None
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    base = dist.TCPStore(os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"]), world_size,
+                         is_master=not agent_hosts and rank == 0, timeout=datetime.timedelta(seconds=config.timeout))
+    return dist.PrefixStore(f"aitoolbox/attempt_{attempt}", base)
 
 
 def _freeze_imported_modules() -> None:
