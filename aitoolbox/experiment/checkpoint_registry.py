@@ -231,11 +231,31 @@ def find_latest_checkpoint(folder: Union[str, os.PathLike]) -> Optional[str]:
     newest = max(candidates, key=progress)
     exact = [item for item in candidates if item[1]["exact"]]
     if not newest[1]["exact"] and exact:
-        chosen = max(exact, key=progress)
-        logger.warning("The newest checkpoint %s was taken mid-update (not an exact resume point); using "
-                       "%s, the newest exact one.", os.path.basename(newest[0]), os.path.basename(chosen[0]))
-        newest = chosen
-    return newest[0]
+        logger.warning("The newest checkpoint %s was taken mid-update (not an exact resume point); the newest "
+                       "exact one is used.", os.path.basename(newest[0]))
+    # exact ones first, newest first; the first whose checksums verify is the resume point
+    for path, _ in sorted(candidates, key=lambda item: (item[1]["exact"], progress(item)), reverse=True):
+        if _checksums_ok(path):
+            return path
+    return None
+
+
+def _checksums_ok(path: str) -> bool:
+    """Whether the CRC-32 checksums of a ``torch.save`` zip archive verify (reads the whole file)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return True  # the legacy format carries no checksum; it loaded in inspect_checkpoint
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        bad = "?"
+    if bad is not None:
+        logger.warning("Skipped the checkpoint %s: it fails its CRC-32 checksums (damaged after it was written).",
+                       path)
+        return False
+    return True
 
 
 #: aitoolbox 1.8's checkpoint names: ``model_<experiment>_<timestamp>_E<epoch>[_ITER<iteration>].pth``

@@ -164,6 +164,7 @@ def loop_state_dict(loop) -> dict:
         "format_version": FORMAT_VERSION,
         "model_state_dict": plain_module(loop.module).state_dict(),
         "optimizer_state_dict": loop.optimizer.state_dict(),
+        "optimizer_type": [type(optimizer).__name__ for optimizer in loop.optimizers],
         "amp_scaler_state_dict": loop.amp_handler.state_dict(),
         "epoch": epoch, "iteration": iteration, "total_iteration_idx": total_iteration,
         "num_optimizer_steps": loop.num_optimizer_steps,
@@ -194,6 +195,9 @@ def load_loop_state_dict(loop, state: dict) -> None:
     if state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"Unsupported checkpoint format_version {state.get('format_version')!r}; "
                          f"this aitoolbox writes and reads version {FORMAT_VERSION}.")
+    # Everything that can be checked is checked before anything changes: a failed load leaves the loop as it was.
+    check_model_fits(plain_module(loop.module), state["model_state_dict"])
+    check_optimizers_fit(loop, state["optimizer_state_dict"], state.get("optimizer_type"))
     plain_module(loop.module).load_state_dict(state["model_state_dict"])
     loop.optimizer.load_state_dict(state["optimizer_state_dict"])
     loop.amp_handler.load_state_dict(state["amp_scaler_state_dict"])
@@ -212,6 +216,50 @@ def load_loop_state_dict(loop, state: dict) -> None:
     loop._resumed_run_shape = state.get("run_shape")
     loop.weights_version += 1
     loop.prediction_store.clear()
+
+
+def check_model_fits(module: torch.nn.Module, saved: dict) -> None:
+    """Raise before loading when the saved weights do not fit ``module`` (another architecture).
+
+    Raises:
+        ValueError: naming the missing, unexpected and differently shaped parameters.
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    shapes = [f"{k} (checkpoint {tuple(saved[k].shape)}, model {tuple(own[k].shape)})" for k in own
+              if k in saved and isinstance(saved[k], torch.Tensor) and saved[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{label}: {names[:8]}{' ...' if len(names) > 8 else ''}" for label, names in
+                 (("missing in the checkpoint", missing), ("not in the model", unexpected), ("other shape", shapes))
+                 if names]
+        raise ValueError("The checkpoint's weights do not fit this model (another architecture?): "
+                         + "; ".join(parts) + ". Build the model the checkpoint was trained with.")
+
+
+def check_optimizers_fit(loop, saved, saved_types: Optional[list]) -> None:
+    """Raise before loading when the saved optimizer state belongs to other optimizers.
+
+    Raises:
+        ValueError: another optimizer type or number of optimizers / parameter groups / parameters.
+    """
+    own_types = [type(optimizer).__name__ for optimizer in loop.optimizers]
+    if saved_types is not None and list(saved_types) != own_types:
+        raise ValueError(f"The checkpoint holds the state of {list(saved_types)} but the TrainLoop has {own_types}: "
+                         "give it the optimizer(s) the checkpoint was trained with (their states are not "
+                         "interchangeable), or load only the weights: "
+                         "model.load_state_dict(torch.load(path, weights_only=True)['model_state_dict']).")
+    saved_list = saved if isinstance(saved, list) else [saved]
+    if len(saved_list) != len(loop.optimizers):
+        raise ValueError(f"The checkpoint holds {len(saved_list)} optimizer state(s), the TrainLoop has "
+                         f"{len(loop.optimizers)} optimizer(s).")
+    for idx, (optimizer, state) in enumerate(zip(loop.optimizers, saved_list)):
+        groups = state.get("param_groups", []) if isinstance(state, dict) else []
+        own = [len(group["params"]) for group in optimizer.param_groups]
+        theirs = [len(group.get("params", [])) for group in groups]
+        if own != theirs:
+            raise ValueError(f"Optimizer {idx} ({type(optimizer).__name__}): the checkpoint's parameter groups hold "
+                             f"{theirs} parameters, this optimizer's {own}: another model or optimizer set-up.")
 
 
 def _loader_len(loader) -> Optional[int]:
@@ -339,6 +387,7 @@ def safe_torch_load(path: str, map_location=None, shown_path: Optional[str] = No
             (e.g. a pickled class in the hyperparameters), or is no torch file at all.
     """
     shown_path = shown_path or path
+    verify_checkpoint_file(path, shown_path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -359,6 +408,40 @@ def safe_torch_load(path: str, map_location=None, shown_path: Optional[str] = No
             raise
         raise ValueError(f"{shown_path!r} is not a file written by torch.save ({type(error).__name__}: "
                          f"{error}).") from error
+
+
+def verify_checkpoint_file(path: str, shown_path: Optional[str] = None) -> None:
+    """Check a file before it is loaded: empty, truncated, or damaged since it was written.
+
+    ``torch.save`` writes a zip archive with a CRC-32 checksum of every part; they are verified
+    here (torch's own reader does not), so that a damaged file is refused instead of loading
+    wrong numbers.
+
+    Raises:
+        ValueError: the file is empty, truncated or fails its checksums (message names it).
+    """
+    shown_path = shown_path or path
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ValueError(f"{shown_path!r} is empty (0 bytes): its write was interrupted. Load an older "
+                         "checkpoint (find_latest_checkpoint / resume=True skip such files).")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not zipfile.is_zipfile(path):
+        if magic == b"PK\x03\x04":
+            raise ValueError(f"{shown_path!r} is truncated ({size} bytes; the end of the archive is missing): its "
+                             "write was interrupted. Load an older checkpoint (find_latest_checkpoint / "
+                             "resume=True skip such files).")
+        return  # the legacy torch.save format, or no torch file (torch.load says which)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ValueError(f"{shown_path!r} is truncated or damaged ({size} bytes): {error}.") from error
+    if bad is not None:
+        raise ValueError(f"{shown_path!r} is corrupt: its part {bad!r} fails the CRC-32 checksum written with it "
+                         "(the file changed after it was written). Load an older checkpoint "
+                         "(find_latest_checkpoint / resume=True skip such files).")
 
 
 # ---------------------------------------------------------------------- aitoolbox 1.8 checkpoints
