@@ -167,9 +167,13 @@ class ThresholdEarlyStopping(_MetricStopper):
 class TerminateOnNaN(AbstractCallback):
     """Stop training when the loss becomes NaN or infinite.
 
-    Every batch loss is checked, but on an accelerator without a host sync per step: the
-    non-finite flag is accumulated on the device and read every ``check_every_n_batches``
-    batches and at the end of the epoch. At the end of every epoch the latest value of the
+    With ``check_every_n_batches=1`` (the default on the CPU) the loss and the gradients are
+    checked before every optimizer step: a non-finite one never reaches the weights - the step's
+    gradients are dropped (the optimizer skips parameters without a gradient), so the weights
+    left are those after the previous step, and training stops. With a larger value (the default
+    on an accelerator: 50, no host sync per step) the non-finite flag of the batch losses is
+    accumulated on the device and read every ``check_every_n_batches`` batches and at the end of
+    the epoch; the stop then comes after the updates of those batches. At the end of every epoch the latest value of the
     history metric ``monitor`` is checked too. Under DDP the verdict is combined over the ranks
     at the same batches on every rank, so all ranks stop together.
 
@@ -190,6 +194,7 @@ class TerminateOnNaN(AbstractCallback):
         self._check_every = 1
         self._flag: Optional[torch.Tensor] = None
         self._num_batches = 0  # batches seen over the run: checks happen at the same ones on every rank
+        self._stopped_before_update = False
         self._num_seen = 0  # values of the history metric already checked
 
     def on_train_begin(self):
@@ -197,18 +202,46 @@ class TerminateOnNaN(AbstractCallback):
         if self._check_every is None:
             self._check_every = 1 if self.train_loop_obj.device.type == "cpu" else 50
         self._flag = None
+        self._stopped_before_update = False
+
+    def on_after_gradient_update(self, optimizer_idx: int):
+        """Checked every batch: before the optimizer steps, so that a non-finite loss or gradient
+        never reaches the weights (their gradients are dropped and training stops)."""
+        if self._check_every != 1 or optimizer_idx != 0:
+            return
+        loop = self.train_loop_obj
+        bad = self._batch_loss_bad()
+        if self._flag is not None:  # losses of the accumulation window's earlier batches
+            bad = bad | self._flag
+        if loop.amp_handler.scaler is None:  # AMP's scaler handles (and skips) scaled inf gradients itself
+            grads = [p.grad for optimizer in loop.optimizers for group in optimizer.param_groups
+                     for p in group["params"] if p.grad is not None]
+            if grads:
+                bad = bad | ~torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        self._flag = None
+        if loop.strategy.any_rank(bool(bad)):
+            for optimizer in loop.optimizers:  # torch optimizers skip parameters without a gradient
+                optimizer.zero_grad(set_to_none=True)
+            self._stopped_before_update = True
+            self._terminate("batch loss or gradient (the update was skipped)")
 
     def on_batch_end(self):
-        loss = self.train_loop_obj.loss_batch_accum[-1]
-        values = torch.stack(list(loss.values())) if isinstance(loss, MultiLoss) else loss
-        bad = ~torch.isfinite(values).all()
+        if self._stopped_before_update:
+            return
+        bad = self._batch_loss_bad()
         self._flag = bad if self._flag is None else self._flag | bad
         self._num_batches += 1
-        if self._num_batches % self._check_every == 0:
+        if self._check_every != 1 and self._num_batches % self._check_every == 0:
             self._check_flag("batch loss")
 
+    def _batch_loss_bad(self) -> torch.Tensor:
+        loss = self.train_loop_obj.loss_batch_accum[-1]
+        values = torch.stack(list(loss.values())) if isinstance(loss, MultiLoss) else loss
+        return ~torch.isfinite(values).all()
+
     def on_epoch_end(self):
-        self._check_flag("batch loss")
+        if not self._stopped_before_update:
+            self._check_flag("batch loss")
         history = self.train_loop_obj.train_history
         values = history[self.monitor] if self.monitor in history else []
         if len(values) > self._num_seen:
