@@ -17,7 +17,10 @@ def atomic_write_path(path: str) -> Iterator[str]:
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    except OSError as error:
+        raise FileWriteError(path, error) from error
     os.close(fd)
     try:
         apply_umask(tmp_path)
@@ -26,9 +29,43 @@ def atomic_write_path(path: str) -> Iterator[str]:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
         _fsync_dir(folder)
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+        if isinstance(error, FileWriteError):
+            raise
+        raise FileWriteError(path, error) from error
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+
+
+class FileWriteError(OSError):
+    """A file could not be written; the file at ``path`` (if any) is unchanged.
+
+    The message names the path and the cause (e.g. "no space left on the device, 12 kB free").
+    """
+
+    def __init__(self, path: str, error: BaseException):
+        self.path = path
+        super().__init__(getattr(error, "errno", None), f"Could not write {path}: {_write_failure_cause(path, error)}. "
+                         "The previous file at that path, if any, is unchanged.")
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _write_failure_cause(path: str, error: BaseException) -> str:
+    import errno
+    import shutil
+
+    if isinstance(error, PermissionError):
+        return f"permission denied ({error})"
+    try:
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    except OSError:
+        free = None
+    if getattr(error, "errno", None) == errno.ENOSPC or (free is not None and free < 1 << 20):
+        return f"no space left on the device ({free // 1024 if free is not None else '?'} kB free)"
+    return f"{type(error).__name__}: {error}"
 
 
 def _fsync_dir(folder: str) -> None:
