@@ -8,7 +8,6 @@ import threading
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 import ddp_helpers as helpers
 from aitoolbox import TrainLoop, TTModel
@@ -274,6 +273,9 @@ def test_cuda_float16_with_gradscaler(use_amp):
 def test_cuda_bfloat16_without_gradscaler(use_amp, gpu_mode):
     loop, _ = _cuda_parity(use_amp, torch.bfloat16, None, gpu_mode)
     assert loop.amp_scaler is None and loop.state_dict()["amp_scaler_state_dict"] == {}
+    # DataParallel's replica threads follow the dtype through a hook; single mode has none.
+    hooks = [h for h in loop.model._forward_pre_hooks.values() if isinstance(h, AutocastDtypeHook)]
+    assert len(hooks) == (gpu_mode == "dp")
 
 
 @needs_bf16_gpu

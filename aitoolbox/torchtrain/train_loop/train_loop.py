@@ -21,7 +21,7 @@ from aitoolbox.torchtrain.callbacks.metric_watch import warn_missing_metrics
 from aitoolbox.torchtrain.model import split_model
 from aitoolbox.torchtrain.multi_loss_optim import MultiLoss, MultiOptimizer
 from aitoolbox.torchtrain.train_loop.components import checkpointing
-from aitoolbox.torchtrain.train_loop.components.amp_handler import AmpHandler, scaler_arguments
+from aitoolbox.torchtrain.train_loop.components.amp_handler import AmpHandler, UseAmp, scaler_arguments
 from aitoolbox.torchtrain.train_loop.components.callback_handler import CallbacksHandler
 from aitoolbox.torchtrain.train_loop.components.device_strategy import make_strategy
 from aitoolbox.torchtrain.train_loop.components.message_passing import MessageService
@@ -125,7 +125,7 @@ class TrainLoop:
                  pred_transform_fn: Callable = torch_cat_transf,
                  end_auto_eval: Union[bool, int] = True, lazy_experiment_save: bool = False,
                  print_callbacks: bool = False, gpu_mode: str = "single",
-                 cuda_device_idx: Optional[int] = None, use_amp: Union[bool, dict] = False,
+                 cuda_device_idx: Optional[int] = None, use_amp: UseAmp = False,
                  show_progress: bool = True, torch_compile: Union[bool, dict] = False,
                  quiet: bool = False):
         validation.validate_init_args(model, train_loader, validation_loader, test_loader, optimizer,

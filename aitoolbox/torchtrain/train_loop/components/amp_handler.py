@@ -195,7 +195,7 @@ class AmpHandler:
         self.scaler: Optional[torch.amp.GradScaler] = (
             torch.amp.GradScaler(self.device_type, **scaler_args)
             if self.enabled and self.device_type == "cuda" and self.dtype == torch.float16 else None)
-        #: what user overrides of MultiLoss.backward / MultiOptimizer.step get as amp_grad_scaler
+        # what user overrides of MultiLoss.backward / MultiOptimizer.step get as amp_grad_scaler
         self.grad_scaler = self.scaler if self.scaler is not None else PassThroughScaler()
         self._unscaled = set()
         self.step_skipped = False  # did the last update find inf/NaN gradients and skip the step
