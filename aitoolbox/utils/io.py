@@ -24,15 +24,14 @@ def atomic_write_path(path: str) -> Iterator[str]:
     os.close(fd)
     try:
         apply_umask(tmp_path)
-        yield tmp_path
-        with open(tmp_path, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        yield tmp_path  # the caller's errors propagate as they are (see atomic_torch_save)
+        try:
+            with open(tmp_path, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp_path, path)
+        except OSError as error:
+            raise FileWriteError(path, error) from error
         _fsync_dir(folder)
-    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
-        if isinstance(error, FileWriteError):
-            raise
-        raise FileWriteError(path, error) from error
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
@@ -78,9 +77,16 @@ def _fsync_dir(folder: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str) -> str:
-    """``torch.save(obj, path)`` atomically; returns ``path``."""
+    """``torch.save(obj, path)`` atomically; returns ``path``.
+
+    Raises:
+        FileWriteError: the file could not be written (names the path and the cause).
+    """
     with atomic_write_path(path) as tmp_path:
-        torch.save(obj, tmp_path)
+        try:
+            torch.save(obj, tmp_path)
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+            raise FileWriteError(path, error) from error
     return path
 
 
