@@ -106,6 +106,24 @@ def get_s3_client(max_attempts: Optional[int] = None) -> Any:
     return _clients.get(key, lambda: _create_client(max_attempts))
 
 
+#: the bucket check at the start of ``fit`` gives up after about
+#: ``BUCKET_CHECK_ATTEMPTS * (BUCKET_CHECK_CONNECT_TIMEOUT_S + BUCKET_CHECK_READ_TIMEOUT_S)`` seconds
+#: (30 s) against an endpoint that accepts connections but never answers (botocore's defaults: ~180 s)
+BUCKET_CHECK_CONNECT_TIMEOUT_S = 5.0
+BUCKET_CHECK_READ_TIMEOUT_S = 10.0
+BUCKET_CHECK_ATTEMPTS = 2
+
+
+def _bucket_check_client() -> Any:
+    """An S3 client with short timeouts, for the bucket check (uploads keep the usual client)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(connect_timeout=BUCKET_CHECK_CONNECT_TIMEOUT_S, read_timeout=BUCKET_CHECK_READ_TIMEOUT_S,
+                    retries={"mode": "standard", "total_max_attempts": BUCKET_CHECK_ATTEMPTS})
+    return boto3.session.Session().client("s3", config=config)
+
+
 def _bucket_error_reason(error: Exception) -> str:
     from botocore.exceptions import ClientError
 
@@ -132,7 +150,7 @@ def check_bucket_exists(bucket_name: str, *, s3_client: Any = None) -> None:
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
-    client = s3_client or get_s3_client()
+    client = s3_client or _bucket_check_client()
     try:
         client.head_bucket(Bucket=bucket_name)
     except (BotoCoreError, ClientError) as error:
