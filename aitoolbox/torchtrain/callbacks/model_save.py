@@ -132,6 +132,7 @@ class ModelCheckpoint(AbstractExperimentCallback):
                          hyperparams=hyperparams, experiment_store=experiment_store)
         self.registry = CheckpointRegistry(metric, num_best_checkpoints_kept)
         self.crash_point = checkpointing.CrashResumePoint()
+        self._rank_rng: Optional[list] = None  # every DDP rank's RNG states for the next checkpoint
 
     def monitored_history_metrics(self):
         metric = self.registry.metric_name
@@ -157,9 +158,15 @@ class ModelCheckpoint(AbstractExperimentCallback):
             self.crash_point.on_batch_end(self.train_loop_obj)
 
     def on_epoch_end(self):
+        self._gather_rank_rng()
         if self.is_writer():
             self.crash_point.on_epoch_end(self.train_loop_obj)
             self.save_checkpoint("epoch")
+
+    def _gather_rank_rng(self) -> None:
+        """Under DDP, on every rank: every rank's RNG states, for the checkpoint the writer takes next
+        (a resumed run then gives each rank its own streams back)."""
+        self._rank_rng = checkpointing.gather_rank_rng(self.train_loop_obj)
 
     def on_train_end(self):
         if self.is_writer():
@@ -173,6 +180,8 @@ class ModelCheckpoint(AbstractExperimentCallback):
             return
         try:
             state, exact = self.crash_point.state_dict(self.train_loop_obj)
+            # Under DDP the other ranks' random states cannot be asked for after a failure.
+            exact = exact and self.train_loop_obj.strategy.world_size == 1
             state["crash"] = {"exception": f"{type(exception).__name__}: {exception}", "exact_resume": exact}
             path = self.save_checkpoint("crash", state)
             note = "resume from it is bit-exact" if exact else (
@@ -193,6 +202,7 @@ class ModelCheckpoint(AbstractExperimentCallback):
         the stop came at an epoch's end); ``stop`` records the path and the uploads not done.
         Only the main process writes; every rank leaves together afterwards.
         """
+        self._gather_rank_rng()
         if self.is_writer():
             try:
                 stop.checkpoint = self.save_checkpoint("epoch" if self.train_loop_obj.iteration == 0 else "iteration")
@@ -225,6 +235,9 @@ class ModelCheckpoint(AbstractExperimentCallback):
             state = loop.state_dict()  # after registry.add(): the saved callback state lists this file
         else:
             state["callbacks_state_dict"] = loop.callbacks_handler.state_dict()
+        rank_rng, self._rank_rng = getattr(self, "_rank_rng", None), None
+        if rank_rng is not None and kind != "crash":  # a crash checkpoint cannot ask the other ranks
+            state["rank_rng_states"] = rank_rng
         atomic_torch_save(state, path)
         self.store.publish(path)
         self._remove_suboptimal()
@@ -291,8 +304,10 @@ class ModelIterationCheckpoint(ModelCheckpoint):
 
     def on_batch_end(self):
         super().on_batch_end()
-        if (self.train_loop_obj.total_iteration_idx + 1) % self.save_frequency == 0 and self.is_writer():
-            self.save_checkpoint("iteration")
+        if (self.train_loop_obj.total_iteration_idx + 1) % self.save_frequency == 0:
+            self._gather_rank_rng()
+            if self.is_writer():
+                self.save_checkpoint("iteration")
 
 
 class ModelTrainEndSave(AbstractExperimentCallback):

@@ -7,6 +7,7 @@ resumed from it continues bit for bit as the uninterrupted run (on CPU).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
@@ -36,6 +37,51 @@ def restore_rng(loader, snapshot: dict) -> None:
     """Restore a snapshot taken by :func:`rng_snapshot`."""
     set_rng_state(snapshot["global"])
     set_loader_generator_states(loader, snapshot["loader"])
+
+
+def rank_stream_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s random streams, derived from the run's ``seed`` (rank 0: ``seed``)."""
+    if rank == 0:
+        return int(seed)
+    digest = hashlib.sha256(f"aitoolbox-rank-stream:{int(seed)}:{int(rank)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def seed_rank_streams(rank: int) -> None:
+    """Give rank ``rank`` (> 0) its own streams: torch (CPU and CUDA), Python and NumPy generators
+    seeded from ``torch.initial_seed()`` and the rank, so dropout masks and augmentations differ
+    across ranks and two runs with the same seed are identical."""
+    import random
+
+    import numpy as np
+
+    if rank == 0:
+        return
+    seed = rank_stream_seed(torch.initial_seed(), rank)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+
+
+def rank_rng_state(loop) -> dict:
+    """This rank's RNG states as a checkpoint taken now holds them (now, and at the epoch start)."""
+    _, iteration, _ = position(loop)
+    return {"rng": rng_snapshot(loop.train_loader), "epoch_start": loop.epoch_start_rng if iteration > 0 else None}
+
+
+def gather_rank_rng(loop) -> Optional[list]:
+    """Every rank's :func:`rank_rng_state` (a collective: call it on every rank); None on one process."""
+    return loop.strategy.gather_objects(rank_rng_state(loop))
+
+
+def restore_rank_rng(loop, states: Optional[list], rank: int, world_size: int) -> bool:
+    """Restore rank ``rank``'s own RNG states from a checkpoint's ``rank_rng_states``; False when
+    there are none for this world size."""
+    if not states or len(states) != world_size:
+        return False
+    restore_rng(loop.train_loader, states[rank]["rng"])
+    loop.epoch_start_rng = states[rank]["epoch_start"]
+    return True
 
 
 def plain_module(module: torch.nn.Module) -> torch.nn.Module:
@@ -214,6 +260,7 @@ def load_loop_state_dict(loop, state: dict) -> None:
     loop.loss_batch_accum = [_to_device(loss, loop.device) for loss in losses]
     loop._pending_grads = state["pending_grads"]
     loop._resumed_run_shape = state.get("run_shape")
+    loop._rank_rng_states = state.get("rank_rng_states")  # every DDP rank's own, restored in each rank
     loop.weights_version += 1
     loop.prediction_store.clear()
 

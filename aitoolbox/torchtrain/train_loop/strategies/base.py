@@ -144,5 +144,9 @@ class DeviceStrategy:
         """Whether this process is the main one (rank 0)."""
         return self.rank == 0
 
+    def gather_objects(self, obj) -> Optional[list]:
+        """Every rank's ``obj``, in rank order (a collective); None on one device."""
+        return None
+
     def barrier(self) -> None:
         """Wait for every rank (no-op on one device)."""

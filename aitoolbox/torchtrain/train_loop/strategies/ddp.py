@@ -32,6 +32,7 @@ from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
 from aitoolbox.torchtrain.model import ModelFeed
 from aitoolbox.torchtrain.multi_loss_optim import MultiLoss
 from aitoolbox.torchtrain.parallel import TTDistributedDataParallel
+from aitoolbox.torchtrain.train_loop.components import checkpointing
 from aitoolbox.torchtrain.train_loop.components.amp_handler import AmpHandler
 from aitoolbox.torchtrain.train_loop.components.preemption import TrainingStopped
 from aitoolbox.torchtrain.train_loop.components.prediction_store import PredictionStore
@@ -81,12 +82,13 @@ class DDPStrategy(DeviceStrategy):
         self._eval_plan: Optional[data.EvalPlan] = None
         self._owns_group = False
         self._failed = False
+        self._rank_streams_ready = False  # this process's ranks' random streams are set up
 
     def __getstate__(self) -> dict:
         # Only the configuration travels to spawned processes; the rest is set up there.
         state = dict(self.__dict__)
         state.update(ddp_model=None, feed=None, _comm=None, wrapped_module=None, _owns_group=False,
-                     _failed=False)
+                     _failed=False, _rank_streams_ready=False)
         return state
 
     @property
@@ -150,9 +152,28 @@ class DDPStrategy(DeviceStrategy):
         flag_group = dist.new_group(backend="gloo") if config.backend != "gloo" else None
         self._comm = RankComm(rank, world_size, comm_device, flag_group)
         _place_loop(loop, self.device)
+        self._set_rank_streams(loop, rank, world_size)
         loop.feed = self._wrap_model(loop, config)
         loop.prediction_store = RankConsistentStore(self)
         loop._eval_loaders = {}  # loaders prepared before this process became a rank
+
+    def _set_rank_streams(self, loop, rank: int, world_size: int) -> None:
+        """Each rank draws from its own random streams (see ``checkpointing.seed_rank_streams``).
+
+        A checkpoint with every rank's states (``rank_rng_states``) gives each rank its own back,
+        so a resumed run continues exactly; otherwise a process's first run seeds them from the
+        run's seed and the rank (later fits in the same process continue the streams).
+        """
+        states, loop._rank_rng_states = getattr(loop, "_rank_rng_states", None), None
+        if checkpointing.restore_rank_rng(loop, states, rank, world_size):
+            self._rank_streams_ready = True
+            return
+        if loop.total_iteration_idx > 0 and world_size > 1 and not self._rank_streams_ready and rank == 0:
+            logger.warning("The loaded state holds no per-rank random states for %d ranks: ranks 1.. start new "
+                           "streams, so the continued run is not exactly the uninterrupted one.", world_size)
+        if not self._rank_streams_ready:
+            checkpointing.seed_rank_streams(rank)
+            self._rank_streams_ready = True
 
     def _init_process_group(self, loop, config: DDPConfig, rank: int, world_size: int) -> None:
         if not launcher.join_process_group(config, rank, world_size):
@@ -305,6 +326,14 @@ class DDPStrategy(DeviceStrategy):
         """Wait for every rank."""
         if self._collective():
             self._comm.barrier()
+
+    def gather_objects(self, obj) -> Optional[list]:
+        """Every rank's (picklable) ``obj`` in rank order, over the CPU flag group; None outside a rank."""
+        if not self._collective():
+            return None
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, obj, group=self._comm.flag_group)
+        return gathered
 
 
 class RankFeed:

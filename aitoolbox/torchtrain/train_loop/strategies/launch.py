@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from aitoolbox.torchtrain.train_loop.components.checkpointing import gather_rank_rng
 from aitoolbox.torchtrain.train_loop.components.preemption import TrainingStopped
 from aitoolbox.torchtrain.train_loop.components.rng_state import get_rng_state, set_rng_state
 from aitoolbox.torchtrain.train_loop.strategies.config import DDPConfig
@@ -230,8 +231,11 @@ def rank_main(local_rank: int, payload_path: str, ddp_args: dict) -> None:
                             train_args["callbacks"], train_args["grad_accumulation"], payload["in_process_data_load"])
         except TrainingStopped as stopped:  # every rank stopped at the same batch; the checkpoint is written
             stop = stopped
+        rank_rng = gather_rank_rng(loop)  # every rank: the parent's next fit gives each its own streams back
         if local_rank == 0:
-            atomic_torch_save(loop.state_dict(), ddp_args["result_path"])
+            result = loop.state_dict()
+            result["rank_rng_states"] = rank_rng
+            atomic_torch_save(result, ddp_args["result_path"])
             if stop is not None:
                 write_stop(os.path.dirname(ddp_args["result_path"]), stop)
         loop.strategy.barrier()
