@@ -762,8 +762,8 @@ class TrainLoop:
 
     @property
     def ddp_training_mode(self) -> bool:
-        """Whether this process is one rank of a DistributedDataParallel run."""
-        return self.gpu_mode == "ddp" and self.strategy.world_size > 1
+        """Whether this process is one rank of a multi-process (DDP or FSDP) run."""
+        return self.strategy.multi_process and self.strategy.world_size > 1
 
     @property
     def ddp_rank(self) -> Optional[int]:

@@ -198,7 +198,7 @@ def validate_strategy_kwargs(gpu_mode: str, kwargs: Mapping[str, Any]) -> None:
     Raises:
         TypeError, ValueError: ``on_gpu`` not a bool; DataParallel device ids that do not exist.
     """
-    if gpu_mode == "ddp" and "on_gpu" in kwargs:
+    if gpu_mode in ("ddp", "fsdp") and "on_gpu" in kwargs:
         require_bool(kwargs["on_gpu"], "on_gpu")
     if gpu_mode == "dp" and kwargs.get("dp_model_args") is not None:
         dp_args = kwargs["dp_model_args"]

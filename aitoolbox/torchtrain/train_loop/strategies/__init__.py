@@ -18,6 +18,7 @@ STRATEGIES = {
     "single": "aitoolbox.torchtrain.train_loop.strategies.single.SingleDeviceStrategy",
     "dp": "aitoolbox.torchtrain.train_loop.strategies.dp.DataParallelStrategy",
     "ddp": "aitoolbox.torchtrain.train_loop.strategies.ddp.DDPStrategy",
+    "fsdp": "aitoolbox.torchtrain.train_loop.strategies.fsdp.FSDPStrategy",
 }
 
 
