@@ -69,3 +69,25 @@ class RecordStartWeights(AbstractCallback):
         state = {k: v.full_tensor() if isinstance(v, DTensor) else v
                  for k, v in loop.unwrapped_model().state_dict().items()}
         save_rank_file(self.out_dir, "start", loop, {"state": state, "world_size": loop.strategy.world_size})
+
+
+class CountTrainingForwards(AbstractCallback):
+    """Counts the forward passes of the first ``Linear`` in training mode (recomputations included)."""
+
+    def __init__(self, out_dir):
+        super().__init__("count training forwards")
+        self.out_dir, self.count = out_dir, 0
+
+    def on_train_begin(self):
+        first = next(m for m in self.train_loop_obj.unwrapped_model().modules() if isinstance(m, torch.nn.Linear))
+        original = first.forward
+
+        def counted(*args, **kwargs):
+            if first.training:
+                self.count += 1
+            return original(*args, **kwargs)
+
+        first.forward = counted
+
+    def on_train_end(self):
+        save_rank_file(self.out_dir, "forwards", self.train_loop_obj, self.count)

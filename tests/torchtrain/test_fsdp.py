@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 import ddp_helpers as helpers
 import fsdp_helpers
 from aitoolbox import MultiOptimizer, TrainLoop
-from aitoolbox.torchtrain.callbacks.gradient import GradNormClip
+from aitoolbox.torchtrain.callbacks.gradient import GradNormClip, GradValueClip
 from aitoolbox.torchtrain.schedulers.basic import StepLRScheduler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -88,16 +88,22 @@ def test_grad_accumulation_reduces_only_on_stepping_batches_and_clips_the_global
     data = helpers.train_set(80)  # 5 batches of 8 per rank: windows 2, 2, 1
     ref_model = helpers.RegressionNet()
     ref_loop = helpers.make_loop(ref_model, batch_size=16, train_data=data)
-    ref_loop.fit(num_epochs=2, grad_accumulation=2, callbacks=[GradNormClip(0.5)])
+    ref_loop.fit(num_epochs=2, grad_accumulation=2, callbacks=[GradValueClip(0.4), GradNormClip(0.5)])
     model = helpers.RegressionNet()
     loop = helpers.make_loop(model, batch_size=8, gpu_mode="fsdp", train_data=data)
-    loop.fit(num_epochs=2, grad_accumulation=2, callbacks=[GradNormClip(0.5),
-                                                           fsdp_helpers.CountReduceScatters(str(tmp_path))], **CPU)
+    # Every Linear a unit, gathered parameters kept for the backward, activations recomputed.
+    fsdp_args = {"wrap": {nn.Linear}, "reshard_after_forward": False, "activation_checkpointing": True}
+    loop.fit(num_epochs=2, grad_accumulation=2, callbacks=[GradValueClip(0.4), GradNormClip(0.5),
+                                                           fsdp_helpers.CountReduceScatters(str(tmp_path)),
+                                                           fsdp_helpers.CountTrainingForwards(str(tmp_path))],
+             fsdp_args=fsdp_args, **CPU)
 
     assert helpers.max_weight_diff(model, ref_model) < 1e-5  # the norm over the whole model, not per shard
     assert loop.num_optimizer_steps == ref_loop.num_optimizer_steps == 6
     for calls in helpers.load_rank_files(str(tmp_path), "reduce_scatter"):
         assert calls == [(epoch, it) for epoch in range(2) for it in (1, 3, 4)]
+    # Activation checkpointing: each of the 10 training batches ran the unit's forward twice.
+    assert helpers.load_rank_files(str(tmp_path), "forwards") == [20, 20]
 
 
 @pytest.mark.timeout(150)
@@ -150,6 +156,8 @@ def test_sharded_checkpoints_resume_exactly_reshard_to_three_ranks_and_final_mod
     first = os.path.join(exp, "checkpoint_model", "model_epoch_1.pt")
     assert os.path.isdir(first) and os.path.isfile(os.path.join(first, "loop_state.pt"))
     assert not [name for name in os.listdir(os.path.dirname(first)) if name.endswith((".partial", ".old"))]
+    from aitoolbox.experiment.checkpoint_registry import find_latest_checkpoint
+    assert find_latest_checkpoint(os.path.dirname(first)) == os.path.join(os.path.dirname(first), "model_epoch_2.pt")
     # The final model: full tensors, loadable into a plain module.
     final = torch.load(os.path.join(exp, "model", "model.pt"), weights_only=True)
     plain = loop_args()[0]
@@ -193,6 +201,17 @@ def test_torchrun_runs_fsdp_in_place(tmp_path):
         assert (result["rank"], result["world_size"], result["sharded"]) == (rank, 2, True)
         for key, value in ref_model.state_dict().items():
             assert (result["state"][key] - value).abs().max() < 1e-5, key
+
+
+@pytest.mark.timeout(150)
+def test_torch_compile_in_the_ranks():
+    ref_model = helpers.RegressionNet()
+    helpers.make_loop(ref_model, batch_size=16).fit(num_epochs=1)
+    model = helpers.RegressionNet()
+    loop = helpers.make_loop(model, batch_size=8, gpu_mode="fsdp", torch_compile={"backend": "eager"})
+    loop.fit(num_epochs=1, callbacks=[helpers.RecordCompiledFrames()], **CPU)
+    assert loop.train_history["compiled_frames"][0] >= 1
+    assert helpers.max_weight_diff(model, ref_model) < 1e-5
 
 
 @pytest.mark.timeout(120)

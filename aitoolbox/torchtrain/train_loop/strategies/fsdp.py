@@ -125,6 +125,7 @@ class FSDPStrategy(DDPStrategy):
         sharded = dict(module.named_parameters())
         for optimizer in loop.optimizers:
             _point_optimizer_at(optimizer, names, sharded)
+        _shard_grad_scaler(loop.amp_handler)
         self.fsdp_model = self.wrapped_module = module
         self.feed = FSDPRankFeed(ModelFeed(module, loop.feed_def), self)
         return self.feed
@@ -203,7 +204,8 @@ class FSDPStrategy(DDPStrategy):
             return super().training_state(loop)
         model_state = {name: _full(value) for name, value in self.fsdp_model.state_dict().items()}
         optimizer_states = [_full_optimizer_state(opt.state_dict()) for opt in loop.optimizers]
-        optimizer_state = optimizer_states if isinstance(loop.optimizer, MultiOptimizer) else optimizer_states[0]
+        optimizer_state = optimizer_states if isinstance(loop.optimizer, MultiOptimizer) \
+            else optimizer_states[0] if optimizer_states else None
         grads = [None if p.grad is None else _full(p.grad) for p in self.fsdp_model.parameters()]
         return model_state, optimizer_state, grads if any(g is not None for g in grads) else None
 
@@ -300,6 +302,24 @@ def mixed_precision_policy(amp_handler) -> MixedPrecisionPolicy:
     if not amp_handler.enabled:
         return MixedPrecisionPolicy()
     return MixedPrecisionPolicy(param_dtype=amp_handler.dtype, reduce_dtype=torch.float32)
+
+
+def _shard_grad_scaler(amp_handler) -> None:
+    """Float16 on CUDA: the AMP handler's GradScaler becomes torch's ``ShardedGradScaler``.
+
+    Each rank sees only its shards of the gradients; the sharded scaler all-reduces the
+    inf / NaN flag, so that every rank skips (or takes) the same optimizer steps.
+    """
+    scaler = amp_handler.scaler
+    if scaler is None:
+        return
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    sharded = ShardedGradScaler(amp_handler.device_type, init_scale=scaler._init_scale,
+                                growth_factor=scaler._growth_factor, backoff_factor=scaler._backoff_factor,
+                                growth_interval=scaler._growth_interval, enabled=scaler.is_enabled())
+    sharded.load_state_dict(scaler.state_dict())
+    amp_handler.scaler = amp_handler.grad_scaler = sharded
 
 
 def _point_optimizer_at(optimizer, names: Dict[int, str], sharded: Dict[str, nn.Parameter]) -> None:
