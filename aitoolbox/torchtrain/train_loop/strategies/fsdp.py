@@ -3,7 +3,7 @@
 Each rank holds ``1/world_size`` of every parameter, of its gradient and of the optimizer state;
 a unit's parameters are gathered for its forward and backward pass only. The run is launched,
 rendezvoused and kept in step exactly as under ``gpu_mode='ddp'`` (this strategy is the DDP
-strategy with another model wrapping, see :mod:`.ddp`): processes spawned by ``fit`` on one node
+strategy with another model wrapping, see :mod:`~aitoolbox.torchtrain.train_loop.strategies.ddp`): processes spawned by ``fit`` on one node
 or many, or the current process as one rank under ``torchrun`` / a cluster launcher.
 
 What differs from DDP:
