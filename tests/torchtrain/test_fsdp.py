@@ -187,7 +187,7 @@ def test_sharded_checkpoints_resume_exactly_reshard_to_three_ranks_and_final_mod
 
 
 @pytest.mark.timeout(150)
-def test_torchrun_runs_fsdp_in_place(tmp_path):
+def test_torchrun_runs_fsdp_in_place_and_fits_again(tmp_path):
     ref_model, ref_loop = adam_loop("single", 16)
     ref_loop.fit(num_epochs=2)
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
@@ -201,6 +201,7 @@ def test_torchrun_runs_fsdp_in_place(tmp_path):
         assert (result["rank"], result["world_size"], result["sharded"]) == (rank, 2, True)
         for key, value in ref_model.state_dict().items():
             assert (result["state"][key] - value).abs().max() < 1e-5, key
+        assert result["history"]["val_loss"] == pytest.approx(ref_loop.train_history["val_loss"], rel=1e-6)
 
 
 @pytest.mark.timeout(150)

@@ -1,5 +1,6 @@
 """Trains ``RegressionNet`` with ``gpu_mode='fsdp'`` on the CPU in place under torchrun (FSDP tests).
 
+It fits twice (1 epoch, then on to 2: the second ``fit`` reuses the model sharded by the first).
 Each rank saves the full weights (gathered from the shards) and whether its model was sharded.
 """
 import argparse
@@ -25,10 +26,11 @@ def main():
                      DataLoader(helpers.validation_set(101), batch_size=10), None,
                      torch.optim.Adam(model.parameters(), lr=0.01), nn.MSELoss(), gpu_mode="fsdp",
                      show_progress=False)
-    loop.fit(num_epochs=2, num_gpus=1, on_gpu=False, backend="gloo", timeout=60)
+    for num_epochs in (1, 2):
+        loop.fit(num_epochs=num_epochs, num_gpus=1, on_gpu=False, backend="gloo", timeout=60)
     state = loop.state_dict()  # every rank: the full weights are gathered from the shards
     torch.save({"state": state["model_state_dict"], "rank": loop.strategy.rank,
-                "world_size": loop.strategy.world_size,
+                "world_size": loop.strategy.world_size, "history": dict(loop.train_history),
                 "sharded": type(next(model.parameters())).__name__ == "DTensor"},
                os.path.join(args.out, f"rank{os.environ['RANK']}.pt"))
 

@@ -33,7 +33,7 @@ from typing import Any, ContextManager, Dict, Optional, Tuple
 import torch
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from aitoolbox.torchtrain.model import ModelFeed
@@ -106,8 +106,15 @@ class FSDPStrategy(DDPStrategy):
         super().setup_process(loop, config, rank, world_size, local_rank)
 
     def _wrap_model(self, loop, config: DDPConfig) -> RankFeed:
-        """Shard the model in place, unit by unit, and point the optimizers at the shards."""
+        """Shard the model in place, unit by unit, and point the optimizers at the shards.
+
+        A model sharded by an earlier ``fit`` in this process (under torchrun) stays as it is.
+        """
         module = loop.module
+        if isinstance(module, FSDPModule):
+            self.fsdp_model = self.wrapped_module = module
+            self.feed = FSDPRankFeed(ModelFeed(module, loop.feed_def), self)
+            return self.feed
         names = {id(param): name for name, param in module.named_parameters()}
         self.mesh = init_device_mesh(self.device.type, (self.world_size,))
         shard_args = dict(mesh=self.mesh, reshard_after_forward=self.options.reshard_after_forward,
@@ -129,6 +136,12 @@ class FSDPStrategy(DDPStrategy):
         self.fsdp_model = self.wrapped_module = module
         self.feed = FSDPRankFeed(ModelFeed(module, loop.feed_def), self)
         return self.feed
+
+    def shutdown(self, loop) -> None:
+        """Destroy the process group if this strategy created it (see :meth:`.DDPStrategy.shutdown`)."""
+        super().shutdown(loop)
+        if self._comm is None:  # the group is gone: nothing is sharded over it any more
+            self.fsdp_model = self.mesh = None
 
     # ------------------------------------------------------------------ strategy interface
     def compile_model(self, feed_def, compile_args) -> ModelFeed:
