@@ -187,6 +187,25 @@ def test_sharded_checkpoints_resume_exactly_reshard_to_three_ranks_and_final_mod
 
 
 @pytest.mark.timeout(150)
+def test_keep_best_removes_sharded_checkpoint_folders(tmp_path):
+    import json
+
+    from aitoolbox.torchtrain.train_loop import TrainLoopCheckpoint
+    from tests.tracking.helpers import loop_args
+
+    loop = TrainLoopCheckpoint(*loop_args(), "proj", "exp", str(tmp_path), {"lr": 0.01}, cloud_save_mode=None,
+                               rm_subopt_local_models=True, num_best_checkpoints_kept=1, show_progress=False,
+                               gpu_mode="fsdp")
+    loop.fit(num_epochs=3, **CPU)
+    folder = os.path.join(loop.experiment_dir, "checkpoint_model")
+    best = min(range(3), key=lambda idx: loop.train_history["loss"][idx]) + 1
+    expected = {f"model_epoch_{epoch}.pt" for epoch in (best, 3)}  # the best one and the newest
+    assert {name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name))} == expected
+    with open(os.path.join(folder, "checkpoints.json")) as fh:
+        assert {entry["file"] for entry in json.load(fh)["checkpoints"]} == expected
+
+
+@pytest.mark.timeout(150)
 def test_torchrun_runs_fsdp_in_place_and_fits_again(tmp_path):
     ref_model, ref_loop = adam_loop("single", 16)
     ref_loop.fit(num_epochs=2)
@@ -235,8 +254,11 @@ def test_evaluation_by_a_rank_pinned_callback_is_a_clear_error(tmp_path):
     ({"dp_model_args": {"device_ids": [0]}}, TypeError, "not \\(Distributed\\)DataParallel"),
     ({"ddp_model_args": {}}, TypeError, "fsdp_args"),
     ({"num_gpus": 0}, ValueError, "num_gpus must be an int >= 1"),
+    ({"on_gpu": True}, ValueError, "gpu_mode='fsdp' with on_gpu=True needs CUDA GPUs"),
 ])
 def test_bad_fsdp_arguments_fail_before_any_work(kwargs, error, match):
+    if kwargs.get("on_gpu") and torch.cuda.is_available():
+        pytest.skip("on_gpu=True is valid where CUDA exists")
     model = helpers.RegressionNet()
     loop = helpers.make_loop(model, batch_size=8, gpu_mode="fsdp")
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -65,15 +65,19 @@ def launcher_env() -> Optional[Tuple[int, int, int]]:
     return tuple(int(os.environ[name]) for name in _LAUNCHER_VARS)  # type: ignore[return-value]
 
 
-def build_config(args: dict) -> DDPConfig:
-    """Check ``fit``'s DDP arguments and resolve their defaults.
+def build_config(args: dict, gpu_mode: str = "ddp") -> DDPConfig:
+    """Check ``fit``'s DDP (or FSDP) launch arguments and resolve their defaults.
+
+    Args:
+        args: the ``fit`` keyword arguments, defaults filled in.
+        gpu_mode: the mode named in the error messages.
 
     Raises:
         ValueError, TypeError: an invalid argument, named in the message with the fix.
     """
     launched = launcher_env() is not None
     on_gpu, backend = bool(args["on_gpu"]), args["backend"]
-    _check_device(on_gpu, backend)
+    _check_device(on_gpu, backend, gpu_mode)
     num_nodes, node_rank = args["num_nodes"], args["node_rank"]
     num_gpus = 1 if launched else _resolve_num_gpus(args["num_gpus"], on_gpu)
     if not launched:
@@ -87,11 +91,11 @@ def build_config(args: dict) -> DDPConfig:
                      ddp_model_args=_check_ddp_model_args(args["ddp_model_args"]))
 
 
-def _check_device(on_gpu: bool, backend: str) -> None:
+def _check_device(on_gpu: bool, backend: str, gpu_mode: str) -> None:
     if not dist.is_available():
-        raise RuntimeError("gpu_mode='ddp' needs torch.distributed, which this PyTorch build lacks.")
+        raise RuntimeError(f"gpu_mode='{gpu_mode}' needs torch.distributed, which this PyTorch build lacks.")
     if on_gpu and not torch.cuda.is_available():
-        raise ValueError("gpu_mode='ddp' with on_gpu=True needs CUDA GPUs, but none is visible. To train "
+        raise ValueError(f"gpu_mode='{gpu_mode}' with on_gpu=True needs CUDA GPUs, but none is visible. To train "
                          "on the CPU pass on_gpu=False, backend='gloo' and num_gpus=<processes per node>.")
     if not on_gpu and backend == "nccl":
         raise ValueError("backend='nccl' needs GPUs but on_gpu=False: pass backend='gloo' to train on the CPU.")

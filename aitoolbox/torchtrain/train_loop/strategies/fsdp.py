@@ -96,7 +96,7 @@ class FSDPStrategy(DDPStrategy):
                             "(wrap, reshard_after_forward, cpu_offload, activation_checkpointing).")
         args = DeviceStrategy.check_fit_kwargs(self, kwargs)
         fsdp_args = args.pop("fsdp_args")
-        config = build_config({**args, "ddp_model_args": None})
+        config = build_config({**args, "ddp_model_args": None}, "fsdp")
         self.options = check_fsdp_args(fsdp_args, self.wrapped_module, config.on_gpu)
         return {"config": config, "in_process_data_load": check_data_load_callbacks(args["in_process_data_load"])}
 
