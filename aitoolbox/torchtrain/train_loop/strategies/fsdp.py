@@ -111,14 +111,22 @@ class FSDPStrategy(DDPStrategy):
         A model sharded by an earlier ``fit`` in this process (under torchrun) stays as it is.
         """
         module = loop.module
-        if isinstance(module, FSDPModule):
-            self.fsdp_model = self.wrapped_module = module
-            self.feed = FSDPRankFeed(ModelFeed(module, loop.feed_def), self)
-            return self.feed
-        names = {id(param): name for name, param in module.named_parameters()}
+        if not isinstance(module, FSDPModule):
+            names = {id(param): name for name, param in module.named_parameters()}
+            self._shard(module, loop.amp_handler)
+            sharded = dict(module.named_parameters())
+            for optimizer in loop.optimizers:
+                _point_optimizer_at(optimizer, names, sharded)
+            _shard_grad_scaler(loop.amp_handler)
+        self.fsdp_model = self.wrapped_module = module
+        self.feed = FSDPRankFeed(ModelFeed(module, loop.feed_def), self)
+        return self.feed
+
+    def _shard(self, module: nn.Module, amp_handler) -> None:
+        """``fully_shard`` each unit, then the root, over a 1-D mesh of this rank's device type."""
         self.mesh = init_device_mesh(self.device.type, (self.world_size,))
         shard_args = dict(mesh=self.mesh, reshard_after_forward=self.options.reshard_after_forward,
-                          mp_policy=mixed_precision_policy(loop.amp_handler),
+                          mp_policy=mixed_precision_policy(amp_handler),
                           offload_policy=CPUOffloadPolicy() if self.options.cpu_offload else OffloadPolicy())
         units = fsdp_units(module, self.options.wrap)
         if self.options.activation_checkpointing:
@@ -126,16 +134,8 @@ class FSDPStrategy(DDPStrategy):
 
             for unit in units or [module]:
                 checkpoint(unit)
-        for unit in units:
+        for unit in units + [module]:
             fully_shard(unit, **shard_args)
-        fully_shard(module, **shard_args)
-        sharded = dict(module.named_parameters())
-        for optimizer in loop.optimizers:
-            _point_optimizer_at(optimizer, names, sharded)
-        _shard_grad_scaler(loop.amp_handler)
-        self.fsdp_model = self.wrapped_module = module
-        self.feed = FSDPRankFeed(ModelFeed(module, loop.feed_def), self)
-        return self.feed
 
     def shutdown(self, loop) -> None:
         """Destroy the process group if this strategy created it (see :meth:`.DDPStrategy.shutdown`)."""
