@@ -150,8 +150,7 @@ class TrainLoop:
         self.module, self.feed_def = split_model(model)
         self.feed = self.strategy.setup_model(self.module, self.feed_def)
         self.amp_handler = AmpHandler(use_amp, self.device)
-        if gpu_mode == "dp":  # DataParallel runs its replicas in threads: autocast's dtype must follow
-            self.amp_handler.follow_into_threads(self.module)
+        self.strategy.setup_precision(self.amp_handler, self.module)
         self.optimizers = (list(optimizer) if isinstance(optimizer, MultiOptimizer)
                            else [] if optimizer is None else [optimizer])
         self._optimizer_indices = range(len(self.optimizers))

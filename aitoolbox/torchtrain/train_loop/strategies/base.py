@@ -100,6 +100,12 @@ class DeviceStrategy:
             module._aitoolbox_compiled = True
         return ModelFeed(module, feed_def)
 
+    def setup_precision(self, amp_handler, module: nn.Module) -> None:
+        """Adapt the model to the AMP handler's autocast (nothing to do on one device).
+
+        DataParallel makes autocast's dtype follow into its replica threads here.
+        """
+
     def setup_run(self, loop) -> None:
         """Called by the TrainLoop once a run's callbacks are registered, before ``on_train_begin``.
 
