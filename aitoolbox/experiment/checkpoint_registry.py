@@ -28,6 +28,9 @@ logger = logging.getLogger("aitoolbox")
 
 MANIFEST_FILE = "checkpoints.json"
 CHECKPOINT_DIR = "checkpoint_model"  # as aitoolbox.experiment.experiment_folder.CHECKPOINT_DIR
+#: the loop state inside a sharded checkpoint folder (as ``strategies.fsdp.LOOP_STATE_FILE``; not
+#: imported from there: that module imports torch.distributed)
+SHARDED_LOOP_STATE_FILE = "loop_state.pt"
 #: tie-break between checkpoints taken after the same number of batches: later kinds are newer
 KIND_ORDER = {"iteration": 0, "epoch": 1, "crash": 2}
 _LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse", "error", "perplexity")
@@ -179,6 +182,9 @@ def inspect_checkpoint(path: str) -> Optional[Dict[str, Any]]:
     """
     import torch  # lazily: importing aitoolbox.experiment must not import torch
 
+    name = os.path.basename(path)
+    if os.path.isdir(path):  # a sharded (gpu_mode='fsdp') checkpoint folder: its loop state tells
+        path = os.path.join(path, SHARDED_LOOP_STATE_FILE)
     try:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # reads no tensor data
@@ -190,7 +196,6 @@ def inspect_checkpoint(path: str) -> Optional[Dict[str, Any]]:
         return None
     crash = state.get("crash")
     total = state.get("total_iteration_idx")
-    name = os.path.basename(path)
     kind = "crash" if name.startswith("model_crash_") else "iteration" if name.startswith("model_iteration_") \
         else "epoch"
     return {"total_iteration": total if isinstance(total, int) else None,
@@ -201,7 +206,7 @@ def find_latest_checkpoint(folder: Union[str, os.PathLike]) -> Optional[str]:
     """Path of the checkpoint that continues the run furthest, exactly; None when there is none.
 
     ``folder``: a ``checkpoint_model/`` folder or the experiment folder holding one (``~`` is
-    expanded). Every ``*.pt`` file is checked by loading it (memory-mapped: its tensors are not
+    expanded). Every ``*.pt`` file (or sharded checkpoint folder, ``gpu_mode='fsdp'``) is checked by loading it (memory-mapped: its tensors are not
     read): a truncated or corrupt file is skipped with a warning, and so is a crash checkpoint
     flagged as not exact when an exact one exists. The newest by progress (batches done; then
     epoch end, then crash) wins; ``checkpoints.json`` is not trusted for that (it can name a file
@@ -209,7 +214,8 @@ def find_latest_checkpoint(folder: Union[str, os.PathLike]) -> Optional[str]:
     holding only aitoolbox 1.8 checkpoints (``*_E<n>.pth``) yields the newest of them.
     """
     folder = checkpoint_folder_of(folder)
-    files = sorted(p for p in glob.glob(os.path.join(folder, "*.pt")) if os.path.isfile(p))
+    files = sorted(p for p in glob.glob(os.path.join(folder, "*.pt"))
+                   if os.path.isfile(p) or os.path.isfile(os.path.join(p, SHARDED_LOOP_STATE_FILE)))
     candidates, broken = [], []
     for path in files:
         info = inspect_checkpoint(path)
@@ -244,6 +250,8 @@ def _checksums_ok(path: str) -> bool:
     """Whether the CRC-32 checksums of a ``torch.save`` zip archive verify (reads the whole file)."""
     import zipfile
 
+    if os.path.isdir(path):
+        path = os.path.join(path, SHARDED_LOOP_STATE_FILE)  # the shards carry DCP's own metadata
     if not zipfile.is_zipfile(path):
         return True  # the legacy format carries no checksum; it loaded in inspect_checkpoint
     try:

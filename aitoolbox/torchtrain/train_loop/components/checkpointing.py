@@ -202,14 +202,21 @@ def _same_host_rng(state: dict, reference: dict) -> bool:
             and torch.equal(keys, ref_keys))
 
 
-def loop_state_dict(loop) -> dict:
-    """Everything needed to continue ``loop``'s run exactly."""
+def loop_state_dict(loop, training_state: bool = True) -> dict:
+    """Everything needed to continue ``loop``'s run exactly.
+
+    Args:
+        loop: the TrainLoop.
+        training_state: include the weights, optimizer states and pending gradients (False: they
+            are None, for a sharded checkpoint that writes them itself).
+    """
     epoch, iteration, total_iteration = position(loop)
     mid_epoch = iteration > 0
+    model_state, optimizer_state, grads = loop.strategy.training_state(loop) if training_state else (None,) * 3
     return {
         "format_version": FORMAT_VERSION,
-        "model_state_dict": plain_module(loop.module).state_dict(),
-        "optimizer_state_dict": loop.optimizer.state_dict(),
+        "model_state_dict": model_state,
+        "optimizer_state_dict": optimizer_state,
         "optimizer_type": [type(optimizer).__name__ for optimizer in loop.optimizers],
         "amp_scaler_state_dict": loop.amp_handler.state_dict(),
         "epoch": epoch, "iteration": iteration, "total_iteration_idx": total_iteration,
@@ -219,7 +226,7 @@ def loop_state_dict(loop) -> dict:
         "rng_state": rng_snapshot(loop.train_loader),
         "epoch_start_rng_state": loop.epoch_start_rng if mid_epoch else None,
         "loss_batch_accum": _pack_losses(loop.loss_batch_accum) if mid_epoch else None,
-        "pending_grads": _pending_grads(loop.module),
+        "pending_grads": grads,
         # what the run looked like, to tell on resume what cannot continue exactly
         "run_shape": {"train_loader_len": _loader_len(loop.train_loader), "world_size": loop.strategy.world_size},
     }
@@ -345,8 +352,7 @@ def restore_pending_grads(loop) -> None:
     """Put back the gradients of an unfinished accumulation window saved in a checkpoint."""
     grads = getattr(loop, "_pending_grads", None)
     if grads:
-        for param, grad in zip(loop.module.parameters(), grads):
-            param.grad = None if grad is None else grad.to(param.device)
+        loop.strategy.restore_grads(loop.module, grads)
     loop._pending_grads = None
 
 
@@ -359,6 +365,12 @@ def save_checkpoint(loop, path: str) -> str:
     from aitoolbox.cloud.backends import backend_for_uri
 
     cloud = backend_for_uri(path)
+    if getattr(loop.strategy, "shards_checkpoints", False):
+        if cloud is not None:
+            raise ValueError(f"gpu_mode='fsdp' writes sharded checkpoints (a folder, by every rank) to a local or "
+                             f"shared file system, not to {path!r}: pass a local path (tracking TrainLoops mirror "
+                             "their checkpoint folders to the cloud themselves).")
+        return loop.strategy.save_sharded(loop, path, loop_state_dict(loop, training_state=False))
     if cloud is None:
         return atomic_torch_save(loop.state_dict(), os.path.expanduser(os.fspath(path)))
     bucket, key = cloud.parse_uri(path)
@@ -388,6 +400,13 @@ def load_checkpoint(loop, path: str) -> str:
     return path
 
 
+def is_sharded_checkpoint_folder(path: str) -> bool:
+    """Whether ``path`` is a sharded (``gpu_mode='fsdp'``) checkpoint folder, not a folder of checkpoints."""
+    from aitoolbox.experiment.checkpoint_registry import SHARDED_LOOP_STATE_FILE
+
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, SHARDED_LOOP_STATE_FILE))
+
+
 def resolve_checkpoint_path(path) -> str:
     """``path`` with ``~`` expanded; a local folder becomes its newest exact checkpoint.
 
@@ -401,7 +420,7 @@ def resolve_checkpoint_path(path) -> str:
     if backend_for_uri(path) is not None:
         return path
     path = os.path.expanduser(path)
-    if os.path.isdir(path):
+    if os.path.isdir(path) and not is_sharded_checkpoint_folder(path):
         found = find_latest_checkpoint(path)
         if found is None:
             raise FileNotFoundError(f"No loadable checkpoint in the folder {path!r} (nor in its checkpoint_model/).")
@@ -410,12 +429,21 @@ def resolve_checkpoint_path(path) -> str:
 
 
 def read_checkpoint(path: str, map_location=None) -> dict:
-    """``torch.load(path, weights_only=True)``; an ``s3://`` or ``gs://`` URI is downloaded first."""
+    """``torch.load(path, weights_only=True)``; an ``s3://`` or ``gs://`` URI is downloaded first.
+
+    A sharded checkpoint folder (``gpu_mode='fsdp'``) is read whole, its shards joined into full
+    tensors, whatever number of ranks wrote it.
+    """
     from aitoolbox.cloud.backends import backend_for_uri
 
     cloud = backend_for_uri(path)
     if cloud is None:
         path = os.path.expanduser(os.fspath(path))
+    if cloud is None and os.path.isdir(path):
+        from aitoolbox.torchtrain.train_loop.strategies.fsdp import read_sharded_checkpoint
+
+        return read_sharded_checkpoint(path)  # a sharded (FSDP) checkpoint folder, joined here
+    if cloud is None:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No checkpoint file at {path!r}.")
         return safe_torch_load(path, map_location)
@@ -675,7 +703,8 @@ def _to_device(loss, device: torch.device):
     return loss.to(device)
 
 
-def _pending_grads(module) -> Optional[list]:
+def module_grads(module) -> Optional[list]:
+    """Copies of the parameters' gradients (None when no parameter has one)."""
     grads = [None if p.grad is None else p.grad.detach().clone() for p in module.parameters()]
     return grads if any(g is not None for g in grads) else None
 
