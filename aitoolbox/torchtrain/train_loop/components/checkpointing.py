@@ -370,7 +370,9 @@ def save_checkpoint(loop, path: str) -> str:
             raise ValueError(f"gpu_mode='fsdp' writes sharded checkpoints (a folder, by every rank) to a local or "
                              f"shared file system, not to {path!r}: pass a local path (tracking TrainLoops mirror "
                              "their checkpoint folders to the cloud themselves).")
-        return loop.strategy.save_sharded(loop, path, loop_state_dict(loop, training_state=False))
+        state = loop_state_dict(loop, training_state=False)
+        state["rank_rng_states"] = gather_rank_rng(loop)  # every rank calls this: a collective is fine
+        return loop.strategy.save_sharded(loop, path, state)
     if cloud is None:
         return atomic_torch_save(loop.state_dict(), os.path.expanduser(os.fspath(path)))
     bucket, key = cloud.parse_uri(path)
