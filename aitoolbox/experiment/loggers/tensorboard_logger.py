@@ -149,6 +149,7 @@ class TensorBoardLogger(ExperimentLogger):
         epoch_as_step: plot the per-epoch values against the epoch index (as aitoolbox 1.8's
             TensorBoard callbacks did) instead of the number of batches trained.
         epoch_tag: ``name -> tag`` of a per-epoch value; None: the history name itself.
+        summary_writer_kwargs: arguments of the ``SummaryWriter`` that :attr:`summary_writer` opens.
 
     Raises:
         ImportError: (at :meth:`setup`) tensorboard is not installed.
@@ -158,12 +159,24 @@ class TensorBoardLogger(ExperimentLogger):
     needs_folder = True
 
     def __init__(self, save_dir: Optional[str] = None, epoch_as_step: bool = False,
-                 epoch_tag: Optional[Callable[[str], str]] = None):
+                 epoch_tag: Optional[Callable[[str], str]] = None,
+                 summary_writer_kwargs: Optional[Mapping[str, Any]] = None):
         self.save_dir = None if save_dir is None else os.path.expanduser(os.fspath(save_dir))
         self.epoch_as_step = epoch_as_step
         self.epoch_tag = epoch_tag
         self.folder: Optional[str] = None
         self.writer: Optional[EventFileWriter] = None
+        self.summary_writer_kwargs = dict(summary_writer_kwargs or {})
+        self._summary_writer = None
+
+    @property
+    def summary_writer(self):
+        """A ``torch.utils.tensorboard.SummaryWriter`` on the same folder (opened on first use), for
+        what this logger does not write itself: histograms, images, graphs ..."""
+        if self._summary_writer is None:
+            writer_class = import_optional("torch.utils.tensorboard", "tensorboard", type(self).__name__).SummaryWriter
+            self._summary_writer = writer_class(log_dir=self.folder, **self.summary_writer_kwargs)
+        return self._summary_writer
 
     def setup(self, experiment_dir: Optional[str]) -> None:
         import_optional("tensorboard", "tensorboard", type(self).__name__)
@@ -197,8 +210,13 @@ class TensorBoardLogger(ExperimentLogger):
     def flush(self) -> None:
         if self.writer is not None:
             self.writer.flush()
+        if self._summary_writer is not None:
+            self._summary_writer.flush()
 
     def finalize(self, status: str = "success") -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self._summary_writer is not None:
+            self._summary_writer.close()
+            self._summary_writer = None
