@@ -55,6 +55,7 @@ class ThroughputMonitor(AbstractCallback):
     Attributes:
         flops_per_batch: the counted FLOPs (None until counted).
         last: the values recorded at the latest epoch end.
+        last_counts: what they were computed from: global ``samples`` and ``batches``, ``seconds``.
     """
 
     def __init__(self, count_tokens: Optional[Callable[[Any], int]] = None,
@@ -70,6 +71,7 @@ class ThroughputMonitor(AbstractCallback):
         self.measure_flops, self.peak_flops = measure_flops, peak_flops
         self.flops_per_batch: Optional[int] = None
         self.last: dict = {}
+        self.last_counts: dict = {}
         self._flop_mode = None
         self._reset_epoch()
 
@@ -133,6 +135,7 @@ class ThroughputMonitor(AbstractCallback):
         for name, value in values.items():
             loop.insert_metric_result_into_history(name, value)
         self.last = values
+        self.last_counts = {"samples": self._samples * world, "batches": self._batches * world, "seconds": elapsed}
 
 
 __all__ = ["ThroughputMonitor", "device_peak_flops", "PEAK_FLOPS"]
