@@ -1,10 +1,11 @@
 """CSV files: one row per logged step and one row per epoch.
 
 ``steps.csv`` (``step,wall_time,<metric>...``) is appended to: each block of steps is written with
-one ``write`` of whole lines, then flushed (fsynced at every epoch end), so a crash leaves every
-block written before it complete. ``epochs.csv`` (``epoch,step,<history name>...``) is small and
-rewritten atomically at every epoch end, so a history key that appears later (a metric computed
-every few epochs) widens the file instead of being dropped. Other values (``log_metrics``, e.g. the
+one ``write`` of whole lines, then flushed to the operating system, so a process that crashes or is
+killed leaves every block written before it complete (there is no fsync per block: that is the
+checkpoints' job, and it would cost milliseconds). ``epochs.csv`` (``epoch,step,<history name>...``)
+is appended to in the same way; when a history key appears later (a metric computed every few
+epochs) the file is rewritten once, atomically, with the wider header instead of dropping it. Other values (``log_metrics``, e.g. the
 end-of-training test loss) go to ``metrics.csv`` as ``step,name,value`` rows; the hyperparameters to
 ``hyperparams.csv``. Per-step values are written with 9
 significant digits (exact for float32 numbers such as the batch losses), the wall time to the
@@ -45,6 +46,8 @@ class CSVLogger(ExperimentLogger):
         self._columns: Optional[List[str]] = None
         self._dropped: set = set()
         self._epoch_rows: List[Dict[str, Any]] = []
+        self._epoch_columns: List[str] = []
+        self._epochs_file = None
 
     def setup(self, experiment_dir: Optional[str]) -> None:
         self.folder = resolve_folder(self, self.save_dir, experiment_dir, "logs")
@@ -101,25 +104,38 @@ class CSVLogger(ExperimentLogger):
         return [index.get(n) for n in self._columns]
 
     def log_epoch_metrics(self, metrics: Mapping[str, float], step: int, epoch: int) -> None:
-        self._epoch_rows.append({"epoch": epoch, "step": step, **metrics})
-        columns: List[str] = []
-        for row in self._epoch_rows:
-            columns += [name for name in row if name not in columns]
-        text = "".join(_csv_line([row.get(name, "") for name in columns]) for row in self._epoch_rows)
-        atomic_write_text(_csv_line(columns) + text, self.epochs_path)
-        self.flush(fsync=True)
+        row = {"epoch": epoch, "step": step, **metrics}
+        self._epoch_rows.append(row)
+        new_columns = [name for name in row if name not in self._epoch_columns]
+        if self._epochs_file is None and len(self._epoch_rows) == 1:  # the first row: a new file
+            self._epoch_columns = new_columns
+            self._epochs_file = open(self.epochs_path, "w", encoding="utf-8", newline="")
+            self._epochs_file.write(_csv_line(self._epoch_columns) + _csv_line(list(row.values())))
+        elif new_columns:
+            self._rewrite_epochs(new_columns)
+        else:
+            self._epochs_file.write(_csv_line([row.get(name, "") for name in self._epoch_columns]))
+        self.flush()
 
-    def flush(self, fsync: bool = False) -> None:
-        if self._steps_file is not None:
-            self._steps_file.flush()
-            if fsync:
-                os.fsync(self._steps_file.fileno())
+    def _rewrite_epochs(self, new_columns: List[str]) -> None:
+        """Write ``epochs.csv`` whole (atomically) with ``new_columns`` added, then append to it."""
+        self._epoch_columns += new_columns
+        self._epochs_file.close()
+        text = "".join(_csv_line([row.get(name, "") for name in self._epoch_columns]) for row in self._epoch_rows)
+        atomic_write_text(_csv_line(self._epoch_columns) + text, self.epochs_path)
+        self._epochs_file = open(self.epochs_path, "a", encoding="utf-8", newline="")
+
+    def flush(self) -> None:
+        for f in (self._steps_file, self._epochs_file):
+            if f is not None:
+                f.flush()
 
     def finalize(self, status: str = "success") -> None:
-        if self._steps_file is not None:
-            self.flush(fsync=True)
-            self._steps_file.close()
-            self._steps_file = None
+        self.flush()
+        for name in ("_steps_file", "_epochs_file"):
+            if getattr(self, name) is not None:
+                getattr(self, name).close()
+                setattr(self, name, None)
 
 
 def _slow_line(step: int, wall_time: float, row: Sequence[Optional[float]]) -> str:

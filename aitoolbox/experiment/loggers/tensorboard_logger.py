@@ -132,8 +132,6 @@ class EventFileWriter:
 
     def close(self) -> None:
         if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
             self._file.close()
 
 

@@ -166,6 +166,8 @@ class LoggerCallback(AbstractCallback):
                                  "TrainLoopEndSave / TrainLoopCheckpointEndSave), whose experiment folder it uses.")
             guard.experiment_dir = experiment_dir
         self._groups = [group for opt in loop.optimizers for group in opt.param_groups]
+        self._one_group = len(self._groups) == 1  # the common case reads one dict entry per step
+        self._group0 = self._groups[0] if self._groups else None
         self._lr_names = _lr_names(loop.optimizers)
         from aitoolbox.torchtrain.callbacks.gradient import GradNormClip
         self._norm_sources = [cb for cb in loop.callbacks if isinstance(cb, GradNormClip)]
@@ -202,7 +204,8 @@ class LoggerCallback(AbstractCallback):
         if self._norm_sources and loop.num_optimizer_steps != self._last_norm_step:
             self._last_norm_step = loop.num_optimizer_steps
             norms = [dict(cb.total_norms) for cb in self._norm_sources]  # the callback reuses its dict
-        self._buffer.append((step, time.time(), loop.loss_batch_accum[-1], [g["lr"] for g in self._groups], norms))
+        lrs = self._group0["lr"] if self._one_group else [g["lr"] for g in self._groups]
+        self._buffer.append((step, time.time(), loop.loss_batch_accum[-1], lrs, norms))
         if len(self._buffer) >= self.flush_every_n_steps:
             self.flush()
 
@@ -227,7 +230,7 @@ class LoggerCallback(AbstractCallback):
         norm_names = self._norm_names()
         for loss, (_, _, _, lrs, norms) in zip(losses, buffer):
             row = list(loss.values()) if isinstance(loss, dict) else [loss]
-            row += [float(lr) for lr in lrs]
+            row += [float(lrs)] if self._one_group else [float(lr) for lr in lrs]
             if norm_names:
                 row += _norm_values(norms, len(norm_names))
             rows.append(row)
