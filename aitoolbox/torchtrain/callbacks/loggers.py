@@ -62,12 +62,14 @@ class GuardedLogger:
         self.is_set_up = False
         self.failed_at: Optional[float] = None
         self.num_failures = 0
+        self.dropping = False
 
     def call(self, method: str, *args) -> None:
         """Queue ``target.<method>(*args)`` and deliver what is queued (unless waiting to retry)."""
-        if len(self.pending) == self.pending.maxlen:
-            logger.warning("%s logger: more than %d calls pending; dropping the oldest.", self.target.name,
-                           self.pending.maxlen)
+        if len(self.pending) == self.pending.maxlen and not self.dropping:
+            self.dropping = True
+            logger.warning("%s logger: more than %d calls pending; dropping the oldest from now on.",
+                           self.target.name, self.pending.maxlen)
         self.pending.append((method, args))
         self.deliver()
 
@@ -226,8 +228,13 @@ class LoggerCallback(AbstractCallback):
         if isinstance(losses[0], dict):
             names += [f"train/loss_{n}" for n in list(losses[0])[1:]]
         names += self._lr_names
-        rows = []
         norm_names = self._norm_names()
+        if self._one_group and not norm_names and not isinstance(losses[0], dict):  # the common case, by columns
+            lrs = [b[3] for b in buffer]
+            if type(lrs[0]) is not float:  # a tensor learning rate
+                lrs = [float(lr) for lr in lrs]
+            return names, [[loss, lr] for loss, lr in zip(losses, lrs)]
+        rows = []
         for loss, (_, _, _, lrs, norms) in zip(losses, buffer):
             row = list(loss.values()) if isinstance(loss, dict) else [loss]
             row += [float(lrs)] if self._one_group else [float(lr) for lr in lrs]
