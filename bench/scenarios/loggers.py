@@ -14,8 +14,9 @@ the added steps. The whole-fit difference per step (fixed costs included) is rep
 On a shared, loaded machine whole ``fit`` calls vary by far more than 2 µs a step, so the logged
 run also times the callback's own work directly (``hook_us_per_step``): every hook of the
 ``LoggerCallback`` - setting the loggers up, each ``on_batch_end``, the flushes, the epoch's rows,
-closing the files with their fsync - timed with ``perf_counter`` and summed, the cost of the timer
-itself (measured around an empty call) taken out, divided by the steps. That is everything logging
+closing the files - timed in CPU time of the thread (``time.thread_time``) and summed, minus the
+same timer around the same hooks of an empty callback in the same fit (the timer's own cost, cold
+caches included), divided by the steps. That is everything logging
 adds to a step except the loop's call of one more subscriber (tens of nanoseconds).
 
 Run as a module it is its own in-process harness: one process alternates the arms (the order
@@ -64,49 +65,40 @@ def plain_run(model, train_loader, opt, crit) -> None:
 TIMED_HOOKS = ("on_train_begin", "on_batch_end", "on_epoch_end", "on_train_end")
 
 
+def _timed(hook):
+    """``hook`` wrapped: its CPU time is added to ``self.spent``, its calls to ``self.calls``."""
+    def run(self, *args):
+        start = time.thread_time()
+        hook(self, *args)
+        self.spent += time.thread_time() - start
+        self.calls += 1
+    return run
+
+
 def timed_callback_class():
-    """A ``LoggerCallback`` whose hooks add their own duration to ``spent`` (and count the calls)."""
+    """A ``LoggerCallback`` whose hooks add their own CPU time to ``spent`` (and count the calls).
+
+    CPU time of the thread, not wall time: on a loaded machine the process is descheduled for
+    milliseconds at a time, and a wall clock would charge those pauses to whatever hook was running."""
     from aitoolbox.torchtrain.callbacks.loggers import LoggerCallback
-
-    def timed(name):
-        hook = getattr(LoggerCallback, name)
-
-        def run(self, *args):
-            start = time.perf_counter()
-            hook(self, *args)
-            self.spent += time.perf_counter() - start
-            self.calls += 1
-        return run
-    attrs = {name: timed(name) for name in TIMED_HOOKS}
+    attrs = {name: _timed(getattr(LoggerCallback, name)) for name in TIMED_HOOKS}
     attrs.update(spent=0.0, calls=0)
     return type("TimedLoggerCallback", (LoggerCallback,), attrs)
 
 
-def timer_cost_s(calls: int = 20000) -> float:
-    """Seconds the timing wrapper itself adds to one call (around a method doing nothing)."""
-    class Empty:
-        spent, calls = 0.0, 0
+def timed_empty_callback():
+    """A callback doing nothing in the same hooks, timed the same way: the timer's own cost in the
+    same fit (cold caches included), subtracted from the logger's."""
+    from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
 
-        def noop(self):
-            pass
-
-    def run(self):
-        start = time.perf_counter()
-        self.noop()
-        self.spent += time.perf_counter() - start
-        self.calls += 1
-    obj = Empty()
-    start = time.perf_counter()
-    for _ in range(calls):
-        run(obj)
-    total = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(calls):
-        obj.noop()
-    return max(0.0, (total - (time.perf_counter() - start)) / calls)
+    def nothing(self, *args):
+        pass
+    attrs = {name: _timed(nothing) for name in TIMED_HOOKS}
+    attrs.update(spent=0.0, calls=0)
+    return type("TimedEmptyCallback", (AbstractCallback,), attrs)("timed empty callback", execution_order=1101)
 
 
-LAST_HOOK_SECONDS = []  # (seconds spent in the callback's hooks, calls) of each logged run in this process
+LAST_HOOK_SECONDS = []  # (CPU seconds in the logger's hooks, in the empty timed hooks) of each logged run
 
 
 def logged_run(model, train_loader, opt, crit) -> None:
@@ -118,17 +110,19 @@ def logged_run(model, train_loader, opt, crit) -> None:
     try:
         callback = timed_callback_class()([CSVLogger(f"{folder}/csv"), TensorBoardLogger(f"{folder}/tb")],
                                           log_every_n_steps=1)
+        empty = timed_empty_callback()
         TrainLoop(model, train_loader, None, None, opt, crit, end_auto_eval=False,
-                  show_progress=False, quiet=True).fit(num_epochs=1, callbacks=[callback])
-        LAST_HOOK_SECONDS.append((callback.spent, callback.calls))
+                  show_progress=False, quiet=True).fit(num_epochs=1, callbacks=[callback, empty])
+        LAST_HOOK_SECONDS.append((callback.spent, empty.spent))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def hook_us_per_step(steps: int) -> float:
-    """The callback's own time per step in the last logged run, the timer's cost taken out."""
-    spent, calls = LAST_HOOK_SECONDS[-1]
-    return (spent - calls * timer_cost_s()) / steps * 1e6
+    """The callback's own CPU time per step in the last logged run, the timer's cost (the empty
+    callback's) taken out."""
+    spent, empty = LAST_HOOK_SECONDS[-1]
+    return (spent - empty) / steps * 1e6
 
 
 def _cpu_seconds(fn, p: dict, steps: int) -> float:

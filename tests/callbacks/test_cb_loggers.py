@@ -154,3 +154,22 @@ def test_logging_runs_on_the_main_process_only_and_keeps_tensors_until_the_flush
     make_loop().fit(num_epochs=1, callbacks=[callback, seen])
     assert seen.records[-1] == [torch.Tensor] * 6  # not converted per step
     assert len(read_csv(tmp_path / "steps.csv")) == 6
+
+
+def test_block_encoding_of_tensorboard_events_equals_the_record_by_record_one(tmp_path):
+    import numpy as np
+    from aitoolbox.experiment.loggers.tensorboard_logger import EventFileWriter
+
+    writer = EventFileWriter(str(tmp_path))
+    tags = ("train/loss", "train/lr", "train/grad_norm")
+    steps = [1, 2, 127, 128, 129, 16383, 16384, 2 ** 21 + 5, 2 ** 35]  # varints of 1 to 6 bytes
+    wall_times = [1.7e9 + i / 3 for i in range(len(steps))]
+    values = np.random.default_rng(0).normal(size=(len(steps), 3))
+    block = writer.scalar_block(steps, wall_times, tags, values)
+    one_by_one = b"".join(writer.scalar_event(s, t, tags, list(v)) for s, t, v in zip(steps, wall_times, values))
+    assert block == one_by_one
+    writer.write_records([block], framed=True)
+    writer.close()
+    events = read_events(tmp_path)
+    assert [e.step for e in events.Scalars("train/lr")] == steps
+    assert [e.value for e in events.Scalars("train/grad_norm")] == pytest.approx(values[:, 2].tolist(), rel=1e-6)

@@ -1,4 +1,5 @@
-"""A 2-rank DDP run (CPU, gloo) with a LoggerCallback: it logs once, on rank 0, and does not hang."""
+"""A 2-rank DDP run (CPU, gloo) with a LoggerCallback: it logs once, on rank 0, and does not hang;
+the throughput is global; a profiler with ``ranks='all'`` writes a trace per rank."""
 import csv
 import json
 
@@ -9,6 +10,7 @@ from torch.utils.data import DataLoader
 from aitoolbox import TrainLoop
 from aitoolbox.experiment.loggers.csv_logger import CSVLogger
 from aitoolbox.torchtrain.callbacks.loggers import LoggerCallback
+from aitoolbox.torchtrain.callbacks.profiler import ProfilerCallback
 from aitoolbox.torchtrain.callbacks.throughput import ThroughputMonitor
 from tests.torchtrain import ddp_helpers as helpers
 from tests.torchtrain.logger_helpers import SaveThroughputCounts
@@ -25,7 +27,8 @@ def test_ddp_run_logs_once_on_rank_0_with_global_throughput(tmp_path, monkeypatc
                      gpu_mode="ddp", show_progress=False)
     monitor = ThroughputMonitor()
     callbacks = [monitor, SaveThroughputCounts(str(tmp_path)),
-                 LoggerCallback(CSVLogger(tmp_path / "logs"), flush_every_n_steps=2)]
+                 LoggerCallback(CSVLogger(tmp_path / "logs"), flush_every_n_steps=2),
+                 ProfilerCallback(wait=1, warmup=1, active=1, save_dir=str(tmp_path / "prof"), ranks="all")]
     loop.fit(num_epochs=2, callbacks=callbacks, num_gpus=2, on_gpu=False, backend="gloo", timeout=60)
 
     with open(tmp_path / "logs" / "steps.csv", newline="") as f:
@@ -35,6 +38,10 @@ def test_ddp_run_logs_once_on_rank_0_with_global_throughput(tmp_path, monkeypatc
         epochs = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in epochs] == [0, 1]
     assert [float(r["samples_per_s"]) for r in epochs] == loop.train_history["samples_per_s"]
+
+    for rank in (0, 1):  # ranks='all': every rank profiled its window, in its own file
+        with open(tmp_path / "prof" / f"trace_rank{rank}_step3.json") as f:
+            assert any(e.get("name") == "ProfilerStep#2" for e in json.load(f)["traceEvents"])
 
     counts = [json.load(open(tmp_path / f"counts_rank{rank}.json")) for rank in (0, 1)]
     for rank_counts in counts:
