@@ -173,3 +173,24 @@ def test_block_encoding_of_tensorboard_events_equals_the_record_by_record_one(tm
     events = read_events(tmp_path)
     assert [e.step for e in events.Scalars("train/lr")] == steps
     assert [e.value for e in events.Scalars("train/grad_norm")] == pytest.approx(values[:, 2].tolist(), rel=1e-6)
+
+
+def test_multiloss_and_several_optimizers_get_a_column_each(tmp_path):
+    from aitoolbox import TrainLoop
+    from aitoolbox.torchtrain.multi_loss_optim import MultiOptimizer
+    from torch.utils.data import TensorDataset
+    from tests.torchtrain.ddp_helpers import TwoHeadNet
+
+    model = TwoHeadNet()
+    data = TensorDataset(torch.randn(32, 4), torch.randn(32, 1))
+    optimizer = MultiOptimizer([torch.optim.SGD(list(model.trunk.parameters()) + list(model.head_a.parameters()),
+                                                lr=0.1), torch.optim.SGD(model.head_b.parameters(), lr=0.2)])
+    loop = TrainLoop(model, DataLoader(data, batch_size=8), None, None, optimizer, torch.nn.MSELoss(),
+                     show_progress=False)
+    loop.fit(num_epochs=1, callbacks=[LoggerCallback(CSVLogger(tmp_path))])
+    rows = read_csv(tmp_path / "steps.csv")
+    assert list(rows[0])[2:] == ["train/loss", "train/loss_a", "train/loss_b", "train/lr_opt0_group0",
+                                 "train/lr_opt1_group0"]
+    for row in rows:
+        assert float(row["train/loss"]) == pytest.approx(float(row["train/loss_a"]) + float(row["train/loss_b"]))
+        assert (row["train/lr_opt0_group0"], row["train/lr_opt1_group0"]) == ("0.1", "0.2")
