@@ -182,7 +182,8 @@ def measure(rounds: int = 20, p: dict = None) -> dict:
             diffs["marginal"].append((growth["logged"] - growth["plain"]) / n * 1e6)
             diffs["noise_marginal"].append((growth["plain2"] - growth["plain"]) / n * 1e6)
             diffs["whole"].append((times["logged"][1] - times["plain"][1]) / (2 * n) * 1e6)
-    return {"hook_us_per_step": _spread(diffs["hooks"]), "per_step_us": _spread(diffs["marginal"]), "whole_fit_per_step_us": _spread(diffs["whole"]),
+    return {"hook_us_per_step": _spread(diffs["hooks"]), "per_step_us": _spread(diffs["marginal"]),
+            "whole_fit_per_step_us": _spread(diffs["whole"]),
             "noise_floor_per_step_us": _spread(diffs["noise_marginal"]),
             "plain_cpu_us_per_step_last_round": round(times["plain"][1] / (2 * n) * 1e6, 1), "rounds": rounds, **p}
 

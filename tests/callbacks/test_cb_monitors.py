@@ -5,8 +5,6 @@ import json
 import os
 
 import pytest
-import torch
-from torch import nn
 
 from aitoolbox.experiment.loggers.csv_logger import CSVLogger
 from aitoolbox.torchtrain.callbacks.loggers import LoggerCallback

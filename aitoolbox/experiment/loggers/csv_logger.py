@@ -5,11 +5,11 @@ one ``write`` of whole lines, then flushed to the operating system, so a process
 killed leaves every block written before it complete (there is no fsync per block: that is the
 checkpoints' job, and it would cost milliseconds). ``epochs.csv`` (``epoch,step,<history name>...``)
 is appended to in the same way; when a history key appears later (a metric computed every few
-epochs) the file is rewritten once, atomically, with the wider header instead of dropping it. Other values (``log_metrics``, e.g. the
-end-of-training test loss) go to ``metrics.csv`` as ``step,name,value`` rows; the hyperparameters to
-``hyperparams.csv``. Per-step values are written with 9
-significant digits (exact for float32 numbers such as the batch losses), the wall time to the
-millisecond; the per-epoch values with ``repr``, which reads back to the same number.
+epochs) the file is rewritten once, atomically, with the wider header instead of dropping it.
+Other values (``log_metrics``, e.g. the end-of-training test loss) go to ``metrics.csv`` as
+``step,name,value`` rows; the hyperparameters to ``hyperparams.csv``. Per-step values are written
+with 9 significant digits (exact for float32 numbers such as the batch losses), the wall time to
+the millisecond; the per-epoch values with ``repr``, which reads back to the same number.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ a flush may wait for an unreachable server.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 from aitoolbox.experiment.loggers.base import ExperimentLogger, flatten_params
 from aitoolbox.utils.optional import import_optional

@@ -101,7 +101,8 @@ class EventFileWriter:
             encoded = self._tags[tag] = b"\x0a" + _varint(len(body) + 4) + body
         return encoded
 
-    def scalar_event(self, step: int, wall_time: float, tags: Sequence[str], values: Sequence[Optional[float]]) -> bytes:
+    def scalar_event(self, step: int, wall_time: float, tags: Sequence[str],
+                     values: Sequence[Optional[float]]) -> bytes:
         """The record of one step's scalars (``tags`` a tuple; values None are left out)."""
         if None in values:
             tags, values = zip(*[(t, v) for t, v in zip(tags, values) if v is not None]) or ((), ())
@@ -246,7 +247,8 @@ class TensorBoardLogger(ExperimentLogger):
 
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
         text = import_optional("torch.utils.tensorboard.summary", "tensorboard", type(self).__name__).text
-        rows = "\n".join(f"| {name} | {json.dumps(value, default=str)} |" for name, value in flatten_params(params).items())
+        rows = "\n".join(f"| {name} | {json.dumps(value, default=str)} |"
+                         for name, value in flatten_params(params).items())
         self.writer.write_summary(text("hyperparams", "| name | value |\n|---|---|\n" + rows), 0)
         self.writer.flush()
 

@@ -53,7 +53,8 @@ class ProfilerCallback(AbstractCallback):
         if ranks not in ("main", "all"):
             raise ValueError(f"ranks must be 'main' (rank 0 only) or 'all', got {ranks!r}.")
         super().__init__("ProfilerCallback", execution_order=1050, device_idx_execution=0 if ranks == "main" else None)
-        for name, value, low in (("wait", wait, 0), ("warmup", warmup, 0), ("active", active, 1), ("repeat", repeat, 1)):
+        bounds = (("wait", wait, 0), ("warmup", warmup, 0), ("active", active, 1), ("repeat", repeat, 1))
+        for name, value, low in bounds:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
         self.wait, self.warmup, self.active, self.repeat = wait, warmup, active, repeat
@@ -89,7 +90,8 @@ class ProfilerCallback(AbstractCallback):
             prof.export_chrome_trace(tmp_path)
         self.trace_files.append(path)
         # a profile is exported once: the plugin's copy is the same file under the plugin's naming
-        plugin_path = os.path.join(self.folder, "tensorboard", f"rank{self._rank}.{time.time_ns() // 1_000_000}.pt.trace.json")
+        plugin_name = f"rank{self._rank}.{time.time_ns() // 1_000_000}.pt.trace.json"
+        plugin_path = os.path.join(self.folder, "tensorboard", plugin_name)
         with atomic_write_path(plugin_path) as tmp_path:
             shutil.copyfile(path, tmp_path)
 
