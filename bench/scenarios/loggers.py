@@ -15,8 +15,8 @@ On a shared, loaded machine whole ``fit`` calls vary by far more than 2 µs a st
 run also times the callback's own work directly (``hook_us_per_step``): every hook of the
 ``LoggerCallback`` - setting the loggers up, each ``on_batch_end``, the flushes, the epoch's rows,
 closing the files - timed in CPU time of the thread (``time.thread_time``) and summed, minus the
-same timer around the same hooks of an empty callback in the same fit (the timer's own cost, cold
-caches included), divided by the steps. That is everything logging
+same timer around the same hooks of an empty callback, alone in a fit of the same length right
+after (the timer's own cost, cold caches included), divided by the steps. That is everything logging
 adds to a step except the loop's call of one more subscriber (tens of nanoseconds).
 
 Run as a module it is its own in-process harness: one process alternates the arms (the order
@@ -87,18 +87,19 @@ def timed_callback_class():
 
 
 def timed_empty_callback():
-    """A callback doing nothing in the same hooks, timed the same way: the timer's own cost in the
-    same fit (cold caches included), subtracted from the logger's."""
+    """A callback doing nothing in the same hooks, timed the same way: the timer's own cost, in a
+    fit of its own where it is the only callback, as the logger is (the first code to run after a
+    training step pays for cold caches; a timer placed right after the logger's would be warm)."""
     from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
 
     def nothing(self, *args):
         pass
     attrs = {name: _timed(nothing) for name in TIMED_HOOKS}
     attrs.update(spent=0.0, calls=0)
-    return type("TimedEmptyCallback", (AbstractCallback,), attrs)("timed empty callback", execution_order=1101)
+    return type("TimedEmptyCallback", (AbstractCallback,), attrs)("timed empty callback")
 
 
-LAST_HOOK_SECONDS = []  # (CPU seconds in the logger's hooks, in the empty timed hooks) of each logged run
+LAST_HOOK_SECONDS = {"logged": [], "empty": []}  # CPU seconds in the timed hooks of each run in this process
 
 
 def logged_run(model, train_loader, opt, crit) -> None:
@@ -110,19 +111,26 @@ def logged_run(model, train_loader, opt, crit) -> None:
     try:
         callback = timed_callback_class()([CSVLogger(f"{folder}/csv"), TensorBoardLogger(f"{folder}/tb")],
                                           log_every_n_steps=1)
-        empty = timed_empty_callback()
         TrainLoop(model, train_loader, None, None, opt, crit, end_auto_eval=False,
-                  show_progress=False, quiet=True).fit(num_epochs=1, callbacks=[callback, empty])
-        LAST_HOOK_SECONDS.append((callback.spent, empty.spent))
+                  show_progress=False, quiet=True).fit(num_epochs=1, callbacks=[callback])
+        LAST_HOOK_SECONDS["logged"].append(callback.spent)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def empty_run(model, train_loader, opt, crit) -> None:
+    """The same ``fit`` with only the timed empty callback: the timer's own cost."""
+    from aitoolbox import TrainLoop
+    empty = timed_empty_callback()
+    TrainLoop(model, train_loader, None, None, opt, crit, end_auto_eval=False,
+              show_progress=False, quiet=True).fit(num_epochs=1, callbacks=[empty])
+    LAST_HOOK_SECONDS["empty"].append(empty.spent)
 
 
 def hook_us_per_step(steps: int) -> float:
     """The callback's own CPU time per step in the last logged run, the timer's cost (the empty
     callback's) taken out."""
-    spent, empty = LAST_HOOK_SECONDS[-1]
-    return (spent - empty) / steps * 1e6
+    return (LAST_HOOK_SECONDS["logged"][-1] - LAST_HOOK_SECONDS["empty"][-1]) / steps * 1e6
 
 
 def _cpu_seconds(fn, p: dict, steps: int) -> float:
@@ -141,7 +149,10 @@ def _arm(p: dict, arm) -> dict:
     n = p["steps"]
     short_base, short_arm = _cpu_seconds(plain_run, p, n), _cpu_seconds(arm, p, n)
     long_arm, long_base = _cpu_seconds(arm, p, 2 * n), _cpu_seconds(plain_run, p, 2 * n)
-    hooks = {"hook_us_per_step": hook_us_per_step(2 * n)} if arm is logged_run else {}
+    hooks = {}
+    if arm is logged_run:
+        _cpu_seconds(empty_run, p, 2 * n)
+        hooks["hook_us_per_step"] = hook_us_per_step(2 * n)
     # "hand_cpu_seconds" is the baseline field of the report's overhead_us comparisons
     return {"cpu_seconds": long_arm - short_arm, "hand_cpu_seconds": long_base - short_base,
             "whole_fit_cpu_seconds": long_arm, "whole_fit_hand_cpu_seconds": long_base, "steps": n,
@@ -175,6 +186,7 @@ def measure(rounds: int = 20, p: dict = None) -> dict:
         for name, fn in arms[shift:] + arms[:shift]:
             times[name] = (_cpu_seconds(fn, p, n), _cpu_seconds(fn, p, 2 * n))
             if fn is logged_run:
+                _cpu_seconds(empty_run, p, 2 * n)
                 hooks = hook_us_per_step(2 * n)
         if rnd:
             diffs["hooks"].append(hooks)
