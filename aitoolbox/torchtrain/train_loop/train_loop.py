@@ -200,6 +200,7 @@ class TrainLoop:
         self._provisional_history: Optional[tuple] = None
         self._epoch_close_marks: Dict[str, int] = {}  # history lengths when the epoch's end began
         self._epoch_start_time = 0.0
+        self.current_batch = None  # the training batch being processed (read by callbacks in the batch hooks)
 
     # ------------------------------------------------------------------ public training API
     def fit(self, num_epochs: int = 0, num_iterations: int = 0, callbacks: Optional[Sequence] = None,
@@ -273,6 +274,7 @@ class TrainLoop:
         next_update = progress.next_update if progress is not None else math.inf
         try:
             for batch_data in batches:
+                self.current_batch = batch_data  # for the batch hooks (e.g. a throughput monitor's sample count)
                 # Holding the batch loss until the next one is computed, like a plain loop's `loss`
                 # variable, keeps its graph's gradient accumulators: torch reuses them next step.
                 loss_batch = self._train_step(batch_data)  # noqa: F841
