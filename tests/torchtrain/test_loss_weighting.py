@@ -223,3 +223,14 @@ def test_weighted_mid_epoch_checkpoint_resumes_the_weighted_history(tmp_path):
     resumed.fit(num_epochs=2, grad_accumulation=3, loss_weighting="samples")
     _assert_close(resumed.model, reference.model, atol=0)
     assert resumed.train_history["accumulated_loss"] == reference.train_history["accumulated_loss"]
+
+
+def test_evaluation_of_a_loss_sum_model_is_the_mean_over_all_items():
+    data = Sequences([3, 9, 4, 12, 2, 7, 5])
+    model = TinyLM()
+    loop = _loop(model, DataLoader(data, batch_size=3, collate_fn=pad_batch), criterion=None)
+    inputs, targets = pad_batch(data.items)
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), ignore_index=PAD)
+    loss = loop.evaluate_model_loss(DataLoader(data, batch_size=3, collate_fn=pad_batch))
+    assert float(loss) == pytest.approx(float(expected), abs=1e-6)

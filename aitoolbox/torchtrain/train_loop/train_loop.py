@@ -34,7 +34,7 @@ from aitoolbox.torchtrain.train_loop.components import validation
 from aitoolbox.torchtrain.train_loop.components import loss_weighting as weighting
 from aitoolbox.torchtrain.train_loop.components.streams import StreamState, has_length
 from aitoolbox.torchtrain.train_loop.components.evaluation import (
-    batch_size_of, merge_metadata, rng_fork, weighted_sum)
+    batch_size_of, loss_terms, merge_metadata, rng_fork, weighted_sum)
 from aitoolbox.torchtrain.callbacks.progress import format_duration, format_value
 from aitoolbox.utils.log import get_logger
 
@@ -672,6 +672,8 @@ class TrainLoop:
                             dataset_info: Optional[dict] = None):
         """Loss of the model over a data set: the sample-weighted mean of the batch losses.
 
+        A model whose loss is a ``LossSum`` (``loss_weighting='tokens'``) gets the mean over all items.
+
         The data set is read in order and whole (shuffling and ``drop_last`` are not applied);
         under DDP every sample is counted exactly once across the ranks. Evaluation does not
         draw from the training run's random number generators.
@@ -695,8 +697,8 @@ class TrainLoop:
                     except Exception as error:
                         validation.explain_batch_error(self.feed_def, batch_data, error)
                         raise
-                n = batch_size_of(batch_data)
-                loss_sum, num_samples = weighted_sum(loss_sum, loss, n), num_samples + n
+                loss, multiplier, count = loss_terms(loss, batch_data)  # a LossSum: its sum and item count
+                loss_sum, num_samples = weighted_sum(loss_sum, loss, multiplier), num_samples + count
         validation.require_samples(num_samples, dataset_info)
         loss_sum, num_samples = self.strategy.reduce_eval(loss_sum, num_samples)
         loss = loss_sum / num_samples
