@@ -16,17 +16,13 @@ from aitoolbox.torchtrain.multi_loss_optim import MultiLoss
 
 
 class LossSum(NamedTuple):
-    """A batch loss as ``(loss_sum, num_items)``.
+    """A batch loss as ``(loss_sum, num_items)``."""
 
-    Attributes:
-        loss_sum: the loss summed over the batch's items (e.g. ``cross_entropy(...,
-            reduction='sum', ignore_index=pad)``): a scalar tensor, or a ``MultiLoss`` of sums
-            over the same items.
-        num_items: how many items ``loss_sum`` adds up (e.g. the non-padding tokens): an int or
-            a scalar tensor (kept on its device: no synchronisation per batch).
-    """
-
+    #: the loss summed over the batch's items (e.g. ``cross_entropy(..., reduction='sum',
+    #: ignore_index=pad)``): a scalar tensor, or a ``MultiLoss`` of sums over the same items
     loss_sum: Union[torch.Tensor, MultiLoss]
+    #: how many items ``loss_sum`` adds up (e.g. the non-padding tokens): an int or a scalar
+    #: tensor (kept on its device: no synchronisation per batch)
     num_items: Union[int, torch.Tensor]
 
     def mean(self) -> Union[torch.Tensor, MultiLoss]:
