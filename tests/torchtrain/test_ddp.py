@@ -379,7 +379,7 @@ def _worker_init(worker_id):
 
 
 def test_train_loader_copy_keeps_every_setting_and_the_sampler_seed():
-    from aitoolbox.torchtrain.train_loop.components.ddp_data import distributed_train_loader, sampler_seed
+    from aitoolbox.torchtrain.train_loop.strategies.data import distributed_train_loader, sampler_seed
 
     generator = torch.Generator().manual_seed(7)
     loader = DataLoader(helpers.train_set(), batch_size=5, shuffle=True, collate_fn=_collate, num_workers=1,
@@ -400,7 +400,7 @@ def test_train_loader_copy_keeps_every_setting_and_the_sampler_seed():
 
 
 def test_custom_sampler_is_split_and_evaluation_shards_exactly():
-    from aitoolbox.torchtrain.train_loop.components import ddp_data
+    from aitoolbox.torchtrain.train_loop.strategies import data as ddp_data
 
     data = helpers.validation_set(11)
     subset = torch.utils.data.SubsetRandomSampler(list(range(9)), generator=torch.Generator().manual_seed(1))
@@ -425,8 +425,8 @@ def test_custom_sampler_is_split_and_evaluation_shards_exactly():
 def test_rank_results_merge_back_into_dataset_order(num_samples, world_size):
     import numpy as np
 
-    from aitoolbox.torchtrain.train_loop.components.ddp_collectives import _merge, _merge_metadata
-    from aitoolbox.torchtrain.train_loop.components.ddp_data import shard_counts
+    from aitoolbox.torchtrain.train_loop.strategies.collectives import _merge, _merge_metadata
+    from aitoolbox.torchtrain.train_loop.strategies.data import shard_counts
 
     counts = shard_counts(num_samples, world_size)
     assert sum(counts) == num_samples
@@ -440,8 +440,8 @@ def test_rank_results_merge_back_into_dataset_order(num_samples, world_size):
 
 
 def test_master_env_picks_a_free_port_and_honours_the_environment(busy_default_ports, monkeypatch):
-    from aitoolbox.torchtrain.train_loop.components.ddp_config import DDPConfig
-    from aitoolbox.torchtrain.train_loop.components.ddp_launch import is_peer_failure, master_env
+    from aitoolbox.torchtrain.train_loop.strategies.config import DDPConfig
+    from aitoolbox.torchtrain.train_loop.strategies.launch import is_peer_failure, master_env
 
     config = DDPConfig(1, 0, 2, "gloo", "env://", False, 60.0, {})
     for name in ("MASTER_ADDR", "MASTER_PORT"):

@@ -24,7 +24,7 @@ from aitoolbox.torchtrain.multi_loss_optim import MultiLoss, MultiOptimizer
 from aitoolbox.torchtrain.train_loop.components import checkpointing
 from aitoolbox.torchtrain.train_loop.components.amp_handler import AmpHandler
 from aitoolbox.torchtrain.train_loop.components.callback_handler import CallbacksHandler
-from aitoolbox.torchtrain.train_loop.components.device_strategy import make_strategy
+from aitoolbox.torchtrain.train_loop.strategies import make_strategy
 from aitoolbox.torchtrain.train_loop.components.message_passing import MessageService
 from aitoolbox.torchtrain.train_loop.components.data_loading import expected_num_samples
 from aitoolbox.torchtrain.train_loop.components.pred_collate_fns import (

@@ -1,1 +1,2 @@
-"""The TrainLoop's collaborators: one concern each (device strategy, AMP, callbacks, caching, ...)."""
+"""The TrainLoop's collaborators: one concern each (AMP, callbacks, caching, ...);
+the device strategies are in :mod:`aitoolbox.torchtrain.train_loop.strategies`."""

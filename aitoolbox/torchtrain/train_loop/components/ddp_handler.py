@@ -1,7 +1,8 @@
 """``DDPHandler``: the original aitoolbox's DDP helper, kept for scripts that call it.
 
 Our TrainLoop does not need it: under ``gpu_mode='ddp'`` the DDP strategy
-(:mod:`.ddp_strategy`) shards the training loader (:func:`.ddp_data.distributed_train_loader`),
+(:mod:`~aitoolbox.torchtrain.train_loop.strategies.ddp`) shards the training loader
+(:func:`~aitoolbox.torchtrain.train_loop.strategies.data.distributed_train_loader`),
 calls ``set_epoch`` every epoch and evaluates exactly on every rank. This class exposes the same
 operations with the original's names, built on the same code.
 """

@@ -4,7 +4,7 @@ How a run is launched:
 
 * started by ``torchrun`` or a cluster launcher (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` set):
   this process is one rank and trains in place (``fit`` spawns nothing);
-* otherwise ``fit`` spawns ``num_gpus`` processes on this node (see ``ddp_launch.py``), global
+* otherwise ``fit`` spawns ``num_gpus`` processes on this node (see :mod:`.launch`), global
   rank ``node_rank * num_gpus + local_rank``, and loads the trained state back when they finish.
 
 In a rank the strategy wraps the model in DDP, shards the training loaders, evaluates exactly
@@ -32,14 +32,14 @@ from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
 from aitoolbox.torchtrain.model import ModelFeed
 from aitoolbox.torchtrain.multi_loss_optim import MultiLoss
 from aitoolbox.torchtrain.parallel import TTDistributedDataParallel
-from aitoolbox.torchtrain.train_loop.components import ddp_data, ddp_launch
 from aitoolbox.torchtrain.train_loop.components.amp_handler import AmpHandler
-from aitoolbox.torchtrain.train_loop.components.ddp_collectives import RankComm
-from aitoolbox.torchtrain.train_loop.components.ddp_config import (
-    DDP_FIT_KWARGS, DDPConfig, build_config, check_data_load_callbacks, launcher_env)
-from aitoolbox.torchtrain.train_loop.components.device_strategy import DeviceStrategy
-from aitoolbox.torchtrain.train_loop.components.dp_strategy import _compile_kwargs, wrapper_feed
 from aitoolbox.torchtrain.train_loop.components.prediction_store import PredictionStore
+from aitoolbox.torchtrain.train_loop.strategies import data, launch as launcher
+from aitoolbox.torchtrain.train_loop.strategies.base import DeviceStrategy
+from aitoolbox.torchtrain.train_loop.strategies.collectives import RankComm
+from aitoolbox.torchtrain.train_loop.strategies.config import (
+    DDP_FIT_KWARGS, DDPConfig, build_config, check_data_load_callbacks, launcher_env)
+from aitoolbox.torchtrain.train_loop.strategies.dp import _compile_kwargs, wrapper_feed
 
 logger = logging.getLogger("aitoolbox")
 
@@ -77,7 +77,7 @@ class DDPStrategy(DeviceStrategy):
         self.feed: Optional["RankFeed"] = None
         self._comm: Optional[RankComm] = None
         self._solo_depth = 0
-        self._eval_plan: Optional[ddp_data.EvalPlan] = None
+        self._eval_plan: Optional[data.EvalPlan] = None
         self._owns_group = False
         self._failed = False
 
@@ -114,13 +114,13 @@ class DDPStrategy(DeviceStrategy):
         config, data_load = strategy_args["config"], strategy_args["in_process_data_load"]
         env = launcher_env()
         if env is None:
-            return ddp_launch.spawn_fit(loop, train_args, config, data_load)
+            return launcher.spawn_fit(loop, train_args, config, data_load)
         rank, world_size, local_rank = env
         self.setup_process(loop, config, rank, world_size, local_rank)
         return self.run(loop, train_args, data_load)
 
     def spawn_fit(self, loop, local_rank: int, ddp_args: dict, train_args: dict, data_load: list):
-        """Train in a process spawned by :func:`~.ddp_launch.spawn_fit` (``TrainLoop._spawn_fit``)."""
+        """Train in a process spawned by :func:`~.launch.spawn_fit` (``TrainLoop._spawn_fit``)."""
         config: DDPConfig = ddp_args["config"]
         os.environ.update(ddp_args["env"])
         self.setup_process(loop, config, config.global_rank(local_rank), config.world_size, local_rank)
@@ -142,7 +142,7 @@ class DDPStrategy(DeviceStrategy):
     def setup_process(self, loop, config: DDPConfig, rank: int, world_size: int, local_rank: int) -> None:
         """Make this process rank ``rank``: process group, device, DDP model, rank-aware caches."""
         self.config, self.rank, self.world_size, self.local_rank = config, rank, world_size, local_rank
-        self.device = ddp_launch.rank_device(config, local_rank)
+        self.device = launcher.rank_device(config, local_rank)
         self._init_process_group(loop, config, rank, world_size)
         comm_device = self.device if config.backend == "nccl" else torch.device("cpu")
         flag_group = dist.new_group(backend="gloo") if config.backend != "gloo" else None
@@ -153,7 +153,7 @@ class DDPStrategy(DeviceStrategy):
         loop._eval_loaders = {}  # loaders prepared before this process became a rank
 
     def _init_process_group(self, loop, config: DDPConfig, rank: int, world_size: int) -> None:
-        if not ddp_launch.join_process_group(config, rank, world_size):
+        if not launcher.join_process_group(config, rank, world_size):
             return  # set up by the user's script, an earlier fit or rank_main
         self._owns_group = True
         if launcher_env() is not None:
@@ -190,7 +190,7 @@ class DDPStrategy(DeviceStrategy):
                 self.ddp_model = self.wrapped_module = self.feed = self._comm = None
                 dist.destroy_process_group()
                 # The group's destructor joins its threads (without the GIL). In a spawned rank the
-                # imported modules are frozen (ddp_launch._freeze_imported_modules): this is cheap.
+                # imported modules are frozen (launcher._freeze_imported_modules): this is cheap.
                 gc.collect()
         self._owns_group = False
 
@@ -226,20 +226,20 @@ class DDPStrategy(DeviceStrategy):
         """A copy of ``loader`` with a ``DistributedSampler`` (all other settings kept)."""
         if not self.active:
             return loader
-        seed = self._comm.broadcast_int(ddp_data.sampler_seed(loader))
-        return ddp_data.distributed_train_loader(loader, self.rank, self.world_size, seed)
+        seed = self._comm.broadcast_int(data.sampler_seed(loader))
+        return data.distributed_train_loader(loader, self.rank, self.world_size, seed)
 
     def prepare_eval_loader(self, loader):
-        """In a rank: this rank's exact share of ``loader`` (see :mod:`.ddp_data`)."""
+        """In a rank: this rank's exact share of ``loader`` (see :mod:`.data`)."""
         if not self.active:
             return super().prepare_eval_loader(loader)
-        return ddp_data.exact_eval_loader(loader, self.rank, self.world_size, self._is_solo,
+        return data.exact_eval_loader(loader, self.rank, self.world_size, self._is_solo,
                                           self._set_eval_plan)
 
     def _is_solo(self) -> bool:
         return self.in_solo
 
-    def _set_eval_plan(self, plan: ddp_data.EvalPlan) -> None:
+    def _set_eval_plan(self, plan: data.EvalPlan) -> None:
         self._eval_plan = plan
 
     def set_epoch(self, loader, epoch: int) -> None:
@@ -281,7 +281,7 @@ class DDPStrategy(DeviceStrategy):
         """Every rank's predictions merged into data-set order (same result on every rank)."""
         if not self._sharded_eval():
             return y_pred, y_true, metadata
-        counts = ddp_data.shard_counts(self._eval_plan.num_samples, self.world_size)
+        counts = data.shard_counts(self._eval_plan.num_samples, self.world_size)
         (y_pred, y_true), metadata = self._comm.gather_in_order((y_pred, y_true), metadata, counts)
         return y_pred, y_true, metadata
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from aitoolbox.torchtrain.model import ModelFeed
 from aitoolbox.torchtrain.parallel import ModuleView, TTDataParallel
-from aitoolbox.torchtrain.train_loop.components.device_strategy import DeviceStrategy
+from aitoolbox.torchtrain.train_loop.strategies.base import DeviceStrategy
 
 logger = logging.getLogger("aitoolbox")
 

@@ -1,13 +1,13 @@
-"""Device strategies: where the model runs and how work is split across devices.
+"""The device strategy interface, and the single-device behaviour every strategy starts from.
 
-The TrainLoop asks its strategy - chosen once from ``gpu_mode`` through :data:`STRATEGIES` - to
+The TrainLoop asks its strategy - chosen once from ``gpu_mode`` through
+:data:`~aitoolbox.torchtrain.train_loop.strategies.STRATEGIES` - to
 place and wrap the model, prepare loaders, synchronise gradients, and reduce evaluation results.
 The loop itself never branches on the mode.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib
 from typing import Any, ContextManager, Optional, Tuple
 
 import torch
@@ -61,6 +61,9 @@ class DeviceStrategy:
 
     @property
     def gpu_mode(self) -> str:
+        """The ``gpu_mode`` this strategy serves."""
+        from aitoolbox.torchtrain.train_loop.strategies import STRATEGIES
+
         return next(k for k, v in STRATEGIES.items() if v.endswith(type(self).__name__))
 
     def launch(self, loop, train_args: dict, strategy_args: dict):
@@ -143,27 +146,3 @@ class DeviceStrategy:
 
     def barrier(self) -> None:
         """Wait for every rank (no-op on one device)."""
-
-
-class SingleDeviceStrategy(DeviceStrategy):
-    """``gpu_mode='single'``: CPU or one CUDA device."""
-
-
-#: gpu_mode -> strategy class path; imported on use so that unused modes cost nothing.
-STRATEGIES = {
-    "single": "aitoolbox.torchtrain.train_loop.components.device_strategy.SingleDeviceStrategy",
-    "dp": "aitoolbox.torchtrain.train_loop.components.dp_strategy.DataParallelStrategy",
-    "ddp": "aitoolbox.torchtrain.train_loop.components.ddp_strategy.DDPStrategy",
-}
-
-
-def make_strategy(gpu_mode: str, cuda_device_idx: Optional[int]) -> DeviceStrategy:
-    """Build the strategy for ``gpu_mode``.
-
-    Raises:
-        ValueError: unknown ``gpu_mode``.
-    """
-    if gpu_mode not in STRATEGIES:
-        raise ValueError(f"gpu_mode must be one of {list(STRATEGIES)}, got {gpu_mode!r}.")
-    module_path, cls_name = STRATEGIES[gpu_mode].rsplit(".", 1)
-    return getattr(importlib.import_module(module_path), cls_name)(cuda_device_idx)

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from aitoolbox.torchtrain.train_loop.components.ddp_config import DDPConfig
+from aitoolbox.torchtrain.train_loop.strategies.config import DDPConfig
 from aitoolbox.torchtrain.train_loop.components.rng_state import get_rng_state, set_rng_state
 from aitoolbox.utils.io import atomic_torch_save
 from aitoolbox.utils.log import get_logger

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from aitoolbox.torchtrain.train_loop.components.ddp_data import dataset_order
+from aitoolbox.torchtrain.train_loop.strategies.data import dataset_order
 
 _OPS = ("setup", "any_rank", "mean_over_ranks", "reduce_eval", "gather_predictions", "barrier")
 
@@ -96,7 +96,7 @@ class RankComm:
         Args:
             values: this rank's per-sample results (tensors, arrays, lists; None allowed).
             metadata: this rank's metadata dict (per-sample lists) or None.
-            counts: number of samples each rank read (:func:`~.ddp_data.shard_counts`).
+            counts: number of samples each rank read (:func:`~.data.shard_counts`).
 
         Returns:
             ``(merged values, merged metadata)``.
