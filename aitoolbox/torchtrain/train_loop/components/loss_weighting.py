@@ -56,7 +56,7 @@ class WindowWeighting:
         self.weighted = loss_weighting != "batches"
         self.grad_accumulation = loop.grad_accumulation
         self.prescale = 1 if self.weighted else loop.grad_accumulation
-        self.world_size = loop.strategy.world_size if loop.ddp_training_mode else 1
+        self.world_size = loop.strategy.world_size  # of this run's ranks (DDP, FSDP); 1 on one device
         self.strategy = loop.strategy
         seen, self.params = set(), []
         for optimizer in loop.optimizers:
@@ -109,7 +109,7 @@ class WindowWeighting:
         if self.world_size > 1:
             device = self.params[0].device if self.params else loop.device
             local = torch.as_tensor(local, dtype=torch.float64, device=device)
-            total = self.strategy.mean_over_ranks(local) * self.world_size
+            total = self.strategy.sum_over_ranks(local)  # one scalar all-reduce
         else:
             total = local
         factor = self.prescale * self.world_size / total

@@ -74,23 +74,32 @@ class StreamState:
         Before the last batch of the epoch is yielded, ``loop._epoch_len`` is set to its index
         + 1, so that ``should_execute_optimizer_update`` closes the accumulation window on it.
         At most one batch beyond the current one is held.
+
+        Under DDP / FSDP the ranks agree, for every batch, whether all of them still have one
+        (one small all-reduce): the epoch ends on every rank with the shortest rank's last batch,
+        so no rank waits in a gradient all-reduce that the others never enter. The batches that
+        longer ranks hold beyond it are not trained on in that epoch.
         """
         self.exhausted = False
+        agree = loop.strategy.all_ranks if loop.strategy.world_size > 1 else None
         first = loop.iteration
         self._remember(loop.iteration)
         current = next(batches, _END)
-        if current is _END:
+        has_batch = current is not _END if agree is None else agree(current is not _END)
+        if not has_batch:
             self.exhausted = True
             if first == 0:
-                raise ValueError(f"train_loader yielded no batches in epoch {loop.epoch + 1}: a stream must "
-                                 "yield at least one batch per pass (check the data set's __iter__; an "
-                                 "iterator object can be read only once - give a re-iterable loader).")
+                raise ValueError(f"train_loader yielded no batches in epoch {loop.epoch + 1}"
+                                 f"{'' if agree is None else ' on some rank'}: a stream must yield at least one "
+                                 "batch per pass (check the data set's __iter__; an iterator object can be read "
+                                 "only once - give a re-iterable loader).")
             return
         while True:
             self._remember(loop.iteration + 1)
             following = next(batches, _END)
-            last = following is _END or loop.iteration + 1 - first >= cap
-            if following is _END:
+            ended = following is _END if agree is None else not agree(following is not _END)
+            last = ended or loop.iteration + 1 - first >= cap
+            if ended:
                 self.exhausted = True
             if last:
                 del following  # peeked only to learn whether the pass ended

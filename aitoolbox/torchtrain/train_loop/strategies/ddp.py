@@ -281,7 +281,9 @@ class DDPStrategy(DeviceStrategy):
         """Every rank's predictions merged into data-set order (same result on every rank)."""
         if not self._sharded_eval():
             return y_pred, y_true, metadata
-        counts = data.shard_counts(self._eval_plan.num_samples, self.world_size)
+        num_samples = self._eval_plan.num_samples
+        # a split stream (ShardedIterable): no length; gather_in_order collects each rank's count
+        counts = None if num_samples is None else data.shard_counts(num_samples, self.world_size)
         (y_pred, y_true), metadata = self._comm.gather_in_order((y_pred, y_true), metadata, counts)
         return y_pred, y_true, metadata
 
@@ -296,6 +298,14 @@ class DDPStrategy(DeviceStrategy):
         values = _loss_values(value)
         total = self._comm.sum("mean_over_ranks", torch.stack(values))
         return _rebuild_loss(value, total / self.world_size)
+
+    def sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum of a scalar tensor over the ranks: one all-reduce (once per optimizer step)."""
+        return self._comm.sum_unchecked(value) if self._collective() else value
+
+    def all_ranks(self, flag: bool) -> bool:
+        """True when ``flag`` is True on every rank: one small all-reduce (once per batch of a stream)."""
+        return not self._comm.any_rank_unchecked(not flag) if self._collective() else flag
 
     def barrier(self) -> None:
         """Wait for every rank."""
