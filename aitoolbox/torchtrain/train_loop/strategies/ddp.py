@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
 from aitoolbox.torchtrain.model import ModelFeed
+from aitoolbox.torchtrain.loss_sum import LossSum
 from aitoolbox.torchtrain.multi_loss_optim import MultiLoss
 from aitoolbox.torchtrain.parallel import TTDistributedDataParallel
 from aitoolbox.torchtrain.train_loop.components.amp_handler import AmpHandler
@@ -327,9 +328,9 @@ class RankFeed:
 
     def get_loss(self, batch_data, criterion, device):
         loss = self.wrapped.get_loss(batch_data, criterion, device)
-        if isinstance(loss, MultiLoss) and type(loss).backward is MultiLoss.backward:  # no user override
-            return JointBackwardMultiLoss(loss, loss.loss_optimizer_map, loss.retain_graph_until_last)
-        return loss
+        if isinstance(loss, LossSum):  # loss_weighting='tokens': the sums may be a MultiLoss
+            return LossSum(_joint_backward(loss.loss_sum), loss.num_items)
+        return _joint_backward(loss)
 
     def get_loss_eval(self, batch_data, criterion, device):
         return self._pick().get_loss_eval(batch_data, criterion, device)
@@ -339,6 +340,13 @@ class RankFeed:
 
     def _pick(self) -> ModelFeed:
         return self.plain if self._strategy.in_solo else self.wrapped
+
+
+def _joint_backward(loss):
+    """A ``MultiLoss`` without a user ``backward`` as :class:`JointBackwardMultiLoss`, else ``loss``."""
+    if isinstance(loss, MultiLoss) and type(loss).backward is MultiLoss.backward:  # no user override
+        return JointBackwardMultiLoss(loss, loss.loss_optimizer_map, loss.retain_graph_until_last)
+    return loss
 
 
 class JointBackwardMultiLoss(MultiLoss):
