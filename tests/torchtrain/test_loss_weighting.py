@@ -234,3 +234,11 @@ def test_evaluation_of_a_loss_sum_model_is_the_mean_over_all_items():
         expected = nn.functional.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), ignore_index=PAD)
     loss = loop.evaluate_model_loss(DataLoader(data, batch_size=3, collate_fn=pad_batch))
     assert float(loss) == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_calling_the_loop_passes_loss_weighting():
+    data = make_data(19)
+    model = make_mlp(dropout=0.0)
+    reference, _ = _big_batch_step(model, *data.tensors)
+    _loop(model, DataLoader(data, batch_size=8))(num_epochs=1, grad_accumulation=3, loss_weighting="samples")
+    _assert_close(model, reference)

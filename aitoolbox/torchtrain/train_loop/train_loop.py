@@ -255,7 +255,9 @@ class TrainLoop:
                  callbacks: Optional[Sequence] = None, grad_accumulation: int = 1,
                  loss_weighting: str = "batches", **kwargs):
         """Same as :meth:`fit`."""
-        return self.fit(num_epochs, num_iterations, callbacks, grad_accumulation, loss_weighting, **kwargs)
+        if loss_weighting != "batches":  # a keyword: subclasses' fit overrides of the 1.8 signature take **kwargs
+            kwargs["loss_weighting"] = loss_weighting
+        return self.fit(num_epochs, num_iterations, callbacks, grad_accumulation, **kwargs)
 
     def _train(self, num_epochs: int, num_iterations: int, callbacks: Optional[Sequence] = None,
                grad_accumulation: int = 1):
