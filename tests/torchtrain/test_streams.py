@@ -192,3 +192,58 @@ def test_mid_epoch_resume_of_a_stream(tmp_path, stream_cls):
     # (20 samples left), the other replays those 20 first; + the train-set evaluation at its end.
     train_reads = 20 if stream_cls is StatefulStream else 40
     assert len(read) == train_reads + 40
+
+
+def test_tqdm_bar_without_a_total():
+    from aitoolbox.torchtrain.callbacks.progress import TqdmEpochProgress
+    data = make_data(30)
+    loop = _loop(DataLoader(Stream(data), batch_size=10))
+    loop._epoch_len = math.inf  # as in a stream's epoch trained to its end
+    out = io.StringIO()
+    bar = TqdmEpochProgress(loop, out)
+    assert bar.bar.total is None
+    loop.iteration = 2
+    bar.update()
+    assert bar.bar.n == 2  # counts batches, with no total to reach
+    bar.close()
+    assert "it [" in out.getvalue()  # tqdm's display without a total: "0it [00:00, ?it/s]"
+
+
+class StatefulLoader:
+    """A loader-level stateful stream (as torchdata's StatefulDataLoader): no __len__."""
+
+    def __init__(self, data, batch_size=10):
+        self.data, self.batch_size = data, batch_size
+        self.next_batch, self._start, self.iterations = 0, 0, 0
+
+    def __iter__(self):
+        self.iterations += 1
+        start, self._start = self._start, 0
+        x, y = self.data.tensors
+        for b in range(start, len(x) // self.batch_size):
+            self.next_batch = b + 1
+            yield x[b * self.batch_size:(b + 1) * self.batch_size], y[b * self.batch_size:(b + 1) * self.batch_size]
+        self.next_batch = 0
+
+    def state_dict(self):
+        return {"next_batch": self.next_batch}
+
+    def load_state_dict(self, state):
+        self._start = state["next_batch"]
+
+
+def test_mid_epoch_resume_of_a_loader_level_stateful_stream(tmp_path):
+    data = make_data(50)  # 5 batches per pass
+    path = str(tmp_path / "ckpt.pt")
+    reference = _loop(StatefulLoader(data))
+    reference.fit(num_epochs=2, grad_accumulation=2, callbacks=[CheckpointAt(3, path)])
+    assert torch.load(path, weights_only=True)["stream_position"] == (3, {"next_batch": 3})
+    resumed_loader = StatefulLoader(data)
+    resumed = _loop(resumed_loader)
+    resumed.load_checkpoint(path)
+    resumed.fit(num_epochs=2, grad_accumulation=2)
+    for p_resumed, p_reference in zip(resumed.model.parameters(), reference.model.parameters()):
+        torch.testing.assert_close(p_resumed, p_reference, rtol=0, atol=1e-6)
+    # epoch 1 read on from batch 3 (no replay), then the train-set evaluations and epoch 2
+    assert resumed.train_history["accumulated_loss"] == pytest.approx(
+        reference.train_history["accumulated_loss"], abs=1e-6)

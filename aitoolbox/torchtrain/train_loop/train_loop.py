@@ -47,7 +47,7 @@ class TrainLoop:
 
     The loop, with every hook in the order it runs (``cb.`` marks a callback hook)::
 
-        fit(num_epochs | num_iterations, callbacks, grad_accumulation)
+        fit(num_epochs | num_iterations, callbacks, grad_accumulation, loss_weighting)
           cb.on_train_loop_registration()            (each callback, when registered)
           cb.on_multiprocess_start()                 (gpu_mode='ddp', in every process)
           cb.on_train_begin()
@@ -58,6 +58,9 @@ class TrainLoop:
                   loss = _calculate_batch_loss(batch)             (under autocast)
                   loss /= size of this accumulation window
                   _backward_pass(loss, i) for each optimizer i    (no_sync() unless stepping)
+                  (loss_weighting 'samples' / 'tokens', or a loader without a length: the loss
+                   is scaled by its weight instead, the window's gradients once before the
+                   step - components/loss_weighting.py; a stream is read one batch ahead)
                   if should_execute_optimizer_update():
                       for each optimizer i:
                           cb.on_after_gradient_update(i)          (clip gradients here)

@@ -67,6 +67,7 @@ class StreamState:
         self._positions: Dict[int, Any] = {}
         #: a saved position to resume from, set by a checkpoint load: ``(iteration, state)``
         self.pending: Optional[tuple] = None
+        self._agree = None  # under DDP / FSDP: the strategy's all_ranks(flag)
 
     def batches(self, loop, batches: Iterator, cap: float = math.inf) -> Iterator:
         """Yield at most ``cap`` batches of ``batches``, knowing the last one before it trains.
@@ -81,33 +82,38 @@ class StreamState:
         longer ranks hold beyond it are not trained on in that epoch.
         """
         self.exhausted = False
-        agree = loop.strategy.all_ranks if loop.strategy.world_size > 1 else None
+        self._agree = loop.strategy.all_ranks if loop.strategy.world_size > 1 else None
         first = loop.iteration
-        self._remember(loop.iteration)
-        current = next(batches, _END)
-        has_batch = current is not _END if agree is None else agree(current is not _END)
-        if not has_batch:
-            self.exhausted = True
-            if first == 0:
-                raise ValueError(f"train_loader yielded no batches in epoch {loop.epoch + 1}"
-                                 f"{'' if agree is None else ' on some rank'}: a stream must yield at least one "
-                                 "batch per pass (check the data set's __iter__; an iterator object can be read "
-                                 "only once - give a re-iterable loader).")
+        current = self._next(batches, loop.iteration)
+        if current is _END:
+            self._check_not_empty(loop, first)
             return
         while True:
-            self._remember(loop.iteration + 1)
-            following = next(batches, _END)
-            ended = following is _END if agree is None else not agree(following is not _END)
-            last = ended or loop.iteration + 1 - first >= cap
-            if ended:
-                self.exhausted = True
-            if last:
+            following = self._next(batches, loop.iteration + 1)
+            if following is _END or loop.iteration + 1 - first >= cap:
                 del following  # peeked only to learn whether the pass ended
                 loop._epoch_len = loop.iteration + 1
                 yield current
                 return
             yield current
             current = following
+
+    def _next(self, batches: Iterator, consumed: int) -> Any:
+        """The next batch, or ``_END`` when this loader (under DDP: any rank's) has no more."""
+        self._remember(consumed)
+        batch = next(batches, _END)
+        ended = batch is _END if self._agree is None else not self._agree(batch is not _END)
+        if ended:
+            self.exhausted = True
+            return _END
+        return batch
+
+    def _check_not_empty(self, loop, first: int) -> None:
+        if first == 0:  # an empty pass would repeat forever under num_iterations
+            raise ValueError(f"train_loader yielded no batches in epoch {loop.epoch + 1}"
+                             f"{'' if self._agree is None else ' on some rank'}: a stream must yield at least "
+                             "one batch per pass (check the data set's __iter__; an iterator object can be read "
+                             "only once - give a re-iterable loader).")
 
     def _remember(self, consumed: int) -> None:
         if self.source is None:
