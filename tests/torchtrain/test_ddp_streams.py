@@ -95,7 +95,7 @@ def test_weighted_window_on_two_ranks_equals_one_big_batch(loss_weighting, tmp_p
 
 @pytest.mark.timeout(150)
 def test_sharded_stream_splits_across_ranks_and_workers_and_evaluates_exactly(tmp_path, no_master_env):
-    train = DataLoader(ShardedIterable(stream_helpers.IndexStream(40)), batch_size=5, num_workers=2)
+    train = DataLoader(ShardedIterable(stream_helpers.IndexStream(40)), batch_size=5, num_workers=1)
     val = DataLoader(ShardedIterable(stream_helpers.IndexStream(21, seed=2)), batch_size=4)
     model = helpers.RegressionNet()
     loop = _loop(model, train, val, lr=0.01)
