@@ -8,9 +8,10 @@ over the visible GPUs.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 
 from aitoolbox.torchtrain.train_loop.train_loop import TrainLoop
+from aitoolbox.torchtrain.train_loop.components.amp_handler import UseAmp
 from aitoolbox.torchtrain.train_loop.components.pred_collate_fns import append_predictions, torch_cat_transf
 
 _GPU_MODES = ("single", "dp")
@@ -38,7 +39,7 @@ class PyTorchModelPredictor:
     """
 
     def __init__(self, model, data_loader, callbacks: Optional[Sequence] = None, gpu_mode: str = "single",
-                 cuda_device_idx: Optional[int] = None, use_amp: Union[bool, dict] = False,
+                 cuda_device_idx: Optional[int] = None, use_amp: UseAmp = False,
                  collate_batch_pred_fn: Callable = append_predictions,
                  pred_transform_fn: Callable = torch_cat_transf):
         if gpu_mode not in _GPU_MODES:

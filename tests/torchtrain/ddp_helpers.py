@@ -254,3 +254,34 @@ class RecordCompiledFrames(AbstractCallback):
     def on_train_end(self):
         from torch._dynamo.utils import counters
         self.train_loop_obj.insert_metric_result_into_history("compiled_frames", counters["frames"]["ok"])
+
+
+class AutocastProbeNet(RegressionNet):
+    """Records, in every training forward, whether CPU / CUDA autocast is on and in which dtype."""
+
+    def __init__(self, seed=0):
+        super().__init__(seed)
+        self.seen_autocast = set()
+
+    def forward(self, x):
+        if self.training:
+            device_type = x.device.type
+            self.seen_autocast.add((device_type, torch.is_autocast_enabled(device_type),
+                                    torch.get_autocast_dtype(device_type), self.body(x).dtype))
+        return self.body(x)
+
+
+class RecordAutocast(AbstractCallback):
+    """At the end of training every rank saves what its forward saw and its AMP handler's setup."""
+
+    def __init__(self, out_dir):
+        super().__init__("record autocast")
+        self.out_dir = out_dir
+
+    def on_train_end(self):
+        loop = self.train_loop_obj
+        handler = loop.amp_handler
+        save_rank_file(self.out_dir, "autocast", loop,
+                       {"seen": sorted(map(str, loop.unwrapped_model().seen_autocast)),
+                        "dtype": str(handler.dtype), "has_scaler": handler.scaler is not None,
+                        "scaler_state": handler.state_dict()})

@@ -104,9 +104,44 @@ def test_unknown_use_amp_key():
         _loop(use_amp={"init_scal": 1024.0})
 
 
-def test_use_amp_wrong_type():
-    with pytest.raises(TypeError, match="use_amp must be"):
-        _loop(use_amp="yes")
+@pytest.mark.parametrize("value", [1, 0.5, ["bf16"]])
+def test_use_amp_wrong_type(value):
+    with pytest.raises(TypeError, match="use_amp must be True/False, a dtype name"):
+        _loop(use_amp=value)
+
+
+@pytest.mark.parametrize("value", ["yes", "float32", torch.float32, {"dtype": "half"}])
+def test_use_amp_unknown_precision_lists_the_valid_values(value):
+    with pytest.raises(ValueError, match=r"names no precision we run; valid values of use_amp: False, True, "
+                                         r"'bf16', 'bfloat16', 'fp16', 'float16'"):
+        _loop(use_amp=value)
+
+
+def test_use_amp_bfloat16_with_scaler_arguments():
+    with pytest.raises(ValueError, match=r"bfloat16, which runs without a GradScaler.*\['init_scale'\]"):
+        _loop(use_amp={"dtype": "bf16", "init_scale": 1024.0})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
+@pytest.mark.parametrize("gpu_mode", ["single", "dp", "ddp"])
+@pytest.mark.parametrize("value", ["fp16", "float16", torch.float16, {"dtype": "fp16", "init_scale": 8.0}])
+def test_use_amp_float16_without_cuda_fails_at_construction(value, gpu_mode):
+    with pytest.raises(ValueError, match=r"use_amp=.* asks for float16 autocast with a GradScaler, which needs "
+                                         r"CUDA.*use use_amp='bf16'"):
+        _loop(use_amp=value, gpu_mode=gpu_mode)
+
+
+def test_use_amp_float16_on_cpu_ddp_ranks_fails_before_spawning(monkeypatch):
+    # On a machine with GPUs the parent cannot refuse float16 at construction (the ranks may train
+    # on CUDA); on_gpu=False puts them on the CPU: fit refuses before any process starts.
+    import aitoolbox.torchtrain.train_loop.components.validation as validation_module
+    from aitoolbox.torchtrain.train_loop.components import ddp_launch
+
+    monkeypatch.setattr(validation_module.torch.cuda, "is_available", lambda: True)
+    loop = _loop(use_amp="fp16", gpu_mode="ddp")
+    monkeypatch.setattr(ddp_launch, "spawn_fit", lambda *a, **k: pytest.fail("spawned"))
+    with pytest.raises(ValueError, match=r"training runs on the CPU \(gpu_mode='ddp' with on_gpu=False\)"):
+        loop.fit(num_epochs=1, num_gpus=2, on_gpu=False, backend="gloo")
 
 
 @pytest.mark.parametrize("value", [0, -2, 1.5, "always"])

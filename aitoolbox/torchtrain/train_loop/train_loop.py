@@ -22,7 +22,7 @@ from aitoolbox.torchtrain.callbacks.metric_watch import warn_missing_metrics
 from aitoolbox.torchtrain.model import split_model
 from aitoolbox.torchtrain.multi_loss_optim import MultiLoss, MultiOptimizer
 from aitoolbox.torchtrain.train_loop.components import checkpointing
-from aitoolbox.torchtrain.train_loop.components.amp_handler import AmpHandler
+from aitoolbox.torchtrain.train_loop.components.amp_handler import AmpHandler, UseAmp, scaler_arguments
 from aitoolbox.torchtrain.train_loop.components.callback_handler import CallbacksHandler
 from aitoolbox.torchtrain.train_loop.strategies import make_strategy
 from aitoolbox.torchtrain.train_loop.components.message_passing import MessageService
@@ -93,8 +93,17 @@ class TrainLoop:
         gpu_mode: ``'single'`` (CPU or one GPU), ``'dp'`` (DataParallel) or ``'ddp'``
             (DistributedDataParallel).
         cuda_device_idx: the CUDA device to use in ``'single'`` mode; None: the default one.
-        use_amp: mixed precision: False, True, or a dict of ``torch.amp.GradScaler`` arguments.
-            Autocast runs float16 with a GradScaler on CUDA and bfloat16 on CPU.
+        use_amp: mixed precision (autocast), in every ``gpu_mode``:
+
+            * ``False``: float32;
+            * ``True``: the device's usual choice, float16 with a ``torch.amp.GradScaler`` on
+              CUDA, bfloat16 on CPU;
+            * ``'bf16'`` / ``'bfloat16'`` / ``torch.bfloat16``: bfloat16 without loss scaling,
+              on CUDA and CPU;
+            * ``'fp16'`` / ``'float16'`` / ``torch.float16``: float16 with a GradScaler (CUDA only:
+              on the CPU it is an error, raised before any work);
+            * a dict: ``torch.amp.GradScaler`` arguments as for ``True``, plus an optional
+              ``'dtype'`` entry naming the dtype as above (e.g. ``{'dtype': 'fp16', 'init_scale': 1024.0}``).
         show_progress: show the progress of each epoch on the main process: a tqdm bar with the
             running mean batch loss on a terminal (or notebook), plain lines every 30 s when
             stderr is not a terminal (CI, SLURM, ``nohup``; see ``callbacks.progress``).
@@ -122,7 +131,7 @@ class TrainLoop:
                  pred_transform_fn: Callable = torch_cat_transf,
                  end_auto_eval: Union[bool, int] = True, lazy_experiment_save: bool = False,
                  print_callbacks: bool = False, gpu_mode: str = "single",
-                 cuda_device_idx: Optional[int] = None, use_amp: Union[bool, dict] = False,
+                 cuda_device_idx: Optional[int] = None, use_amp: UseAmp = False,
                  show_progress: bool = True, torch_compile: Union[bool, dict] = False,
                  quiet: bool = False):
         validation.validate_init_args(model, train_loader, validation_loader, test_loader, optimizer,
@@ -147,6 +156,8 @@ class TrainLoop:
         self.module, self.feed_def = split_model(model)
         self.feed = self.strategy.setup_model(self.module, self.feed_def)
         self.amp_handler = AmpHandler(use_amp, self.device)
+        if gpu_mode == "dp":  # DataParallel runs its replicas in threads: autocast's dtype must follow
+            self.amp_handler.follow_into_threads(self.module)
         self.optimizers = (list(optimizer) if isinstance(optimizer, MultiOptimizer)
                            else [] if optimizer is None else [optimizer])
         self._optimizer_indices = range(len(self.optimizers))
@@ -166,7 +177,7 @@ class TrainLoop:
         """aitoolbox 1.8's attributes that callbacks written for it read (none is on the hot path)."""
         self.batch_model_feed_def = self.feed_def
         self.num_optimizers = len(self.optimizers)
-        self.amp_scaler_init = use_amp if isinstance(use_amp, dict) else {}
+        self.amp_scaler_init = scaler_arguments(use_amp)
         #: set by callbacks written for aitoolbox 1.8; the gradient hooks run whenever implemented
         self.grad_cb_used = False
         self.ddp_handler = None
@@ -245,7 +256,7 @@ class TrainLoop:
         """
         validation.validate_fit_args(self, num_epochs, num_iterations, callbacks, grad_accumulation)
         weighting.check_loss_weighting(loss_weighting)
-        validation.validate_strategy_kwargs(self.gpu_mode, kwargs)
+        validation.validate_strategy_kwargs(self.gpu_mode, kwargs, self.use_amp)
         strategy_args = self.strategy.check_fit_kwargs(kwargs)
         self._unverified_metrics = validation.check_callbacks(
             self, self.callbacks_handler.callbacks_cache + list(callbacks or []))

@@ -15,6 +15,7 @@ from aitoolbox.experiment.result_package.abstract_result_packages import Abstrac
 from aitoolbox.torchtrain.callbacks.model_save import (
     ModelCheckpoint, ModelIterationCheckpoint, ModelTrainEndSave, validate_checkpoint_args,
     validate_result_packages, validate_save_frequency)
+from aitoolbox.torchtrain.train_loop.components.amp_handler import UseAmp
 from aitoolbox.torchtrain.train_loop.components.pred_collate_fns import append_predictions, torch_cat_transf
 from aitoolbox.torchtrain.train_loop.train_loop import TrainLoop
 
@@ -114,7 +115,7 @@ class TrainLoopCheckpoint(_TrackingMixin, TrainLoop):
                  iteration_save_freq: int = 0, collate_batch_pred_fn: Callable = append_predictions,
                  pred_transform_fn: Callable = torch_cat_transf, end_auto_eval: Union[bool, int] = True,
                  lazy_experiment_save: bool = False, print_callbacks: bool = False, gpu_mode: str = "single",
-                 cuda_device_idx: Optional[int] = None, use_amp: Union[bool, dict] = False,
+                 cuda_device_idx: Optional[int] = None, use_amp: UseAmp = False,
                  show_progress: bool = True, torch_compile: Union[bool, dict] = False,
                  quiet: bool = False):
         validate_checkpoint_args(rm_subopt_local_models, num_best_checkpoints_kept)
@@ -163,7 +164,7 @@ class TrainLoopEndSave(_TrackingMixin, TrainLoop):
                  collate_batch_pred_fn: Callable = append_predictions,
                  pred_transform_fn: Callable = torch_cat_transf, end_auto_eval: Union[bool, int] = True,
                  lazy_experiment_save: bool = False, print_callbacks: bool = False, gpu_mode: str = "single",
-                 cuda_device_idx: Optional[int] = None, use_amp: Union[bool, dict] = False,
+                 cuda_device_idx: Optional[int] = None, use_amp: UseAmp = False,
                  show_progress: bool = True, torch_compile: Union[bool, dict] = False,
                  quiet: bool = False):
         validate_result_packages(val_result_package, test_result_package, validation_loader, test_loader)
@@ -213,7 +214,7 @@ class TrainLoopCheckpointEndSave(_TrackingMixin, TrainLoop):
                  iteration_save_freq: int = 0, collate_batch_pred_fn: Callable = append_predictions,
                  pred_transform_fn: Callable = torch_cat_transf, end_auto_eval: Union[bool, int] = True,
                  lazy_experiment_save: bool = False, print_callbacks: bool = False, gpu_mode: str = "single",
-                 cuda_device_idx: Optional[int] = None, use_amp: Union[bool, dict] = False,
+                 cuda_device_idx: Optional[int] = None, use_amp: UseAmp = False,
                  show_progress: bool = True, torch_compile: Union[bool, dict] = False,
                  quiet: bool = False):
         validate_checkpoint_args(rm_subopt_local_models, num_best_checkpoints_kept)

@@ -8,7 +8,7 @@ from torch.utils.data import BatchSampler, DataLoader
 from torch.utils.data._utils.collate import default_collate, default_convert
 
 from aitoolbox.torchtrain.multi_loss_optim import MultiOptimizer, check_optimizer_like
-from aitoolbox.torchtrain.train_loop.components.amp_handler import validate_use_amp
+from aitoolbox.torchtrain.train_loop.components.amp_handler import check_amp_device, validate_use_amp
 
 
 def validate_init_args(model, train_loader, validation_loader, test_loader, optimizer, criterion,
@@ -30,6 +30,8 @@ def validate_init_args(model, train_loader, validation_loader, test_loader, opti
         raise ValueError(f"end_auto_eval must be True, False or an int >= 1 (evaluate every n-th "
                          f"epoch), got {end_auto_eval!r}.")
     validate_use_amp(use_amp)
+    if not torch.cuda.is_available():  # every mode then trains on the CPU, where float16 AMP is refused
+        check_amp_device(use_amp, "cpu")
     if not isinstance(torch_compile, (bool, dict)):
         raise TypeError(f"torch_compile must be True/False or a dict of torch.compile arguments, got "
                         f"{type(torch_compile).__name__}.")
@@ -191,14 +193,22 @@ def _check_optimizer_params(loop) -> None:
                              f"{type(optimizer).__name__}(model.parameters(), ...).")
 
 
-def validate_strategy_kwargs(gpu_mode: str, kwargs: Mapping[str, Any]) -> None:
+def validate_strategy_kwargs(gpu_mode: str, kwargs: Mapping[str, Any], use_amp: Any = False) -> None:
     """Check the device arguments of ``fit`` that the strategies would take silently.
 
+    Args:
+        gpu_mode: the TrainLoop's ``gpu_mode``.
+        kwargs: ``fit``'s strategy keyword arguments.
+        use_amp: the TrainLoop's ``use_amp`` (float16 cannot run on the CPU ranks of ``on_gpu=False``).
+
     Raises:
-        TypeError, ValueError: ``on_gpu`` not a bool; DataParallel device ids that do not exist.
+        TypeError, ValueError: ``on_gpu`` not a bool; DataParallel device ids that do not exist;
+            float16 AMP on CPU ranks.
     """
-    if gpu_mode == "ddp" and "on_gpu" in kwargs:
+    if gpu_mode in ("ddp", "fsdp") and "on_gpu" in kwargs:
         require_bool(kwargs["on_gpu"], "on_gpu")
+        if not kwargs["on_gpu"]:
+            check_amp_device(use_amp, "cpu", f"the CPU (gpu_mode={gpu_mode!r} with on_gpu=False)")
     if gpu_mode == "dp" and kwargs.get("dp_model_args") is not None:
         dp_args = kwargs["dp_model_args"]
         if not isinstance(dp_args, Mapping):
