@@ -249,7 +249,7 @@ def test_samples_weighting_under_cuda_float16_amp_with_its_grad_scaler():
     data = make_data(19)
     model = make_mlp(dropout=0.0)
     reference, _ = _big_batch_step(model, *data.tensors)  # float32 on the CPU
-    loop = _loop(model, DataLoader(data, batch_size=8), use_amp=True)
+    loop = _loop(model, DataLoader(data, batch_size=8), use_amp="fp16")
     loop.fit(num_epochs=1, grad_accumulation=3, loss_weighting="samples", callbacks=[GradNormClip(10.0)])
     assert loop.amp_scaler is not None and not loop.optimizer_step_skipped
     _assert_close(model.cpu(), reference, atol=1e-2)
