@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
-from bench.scenarios import cuda, ddp, fit_defaults, fit_tiny, imports, peers, predict, train
+from bench.scenarios import cuda, ddp, fit_defaults, fit_tiny, fsdp, imports, peers, predict, train
 
 PEER_ARMS = [f"peers:{name}" for name in peers.REQUIRES]
 
@@ -162,6 +162,14 @@ SCENARIOS = [
                          unit="µs", base_field="hand_cpu_seconds"),
               Comparison("per-step overhead", "fit_tiny:aitoolbox", None, "overhead_us", unit="µs",
                          target=("<=", 10.0), base_field="hand_cpu_seconds")]),
+    Scenario("fsdp", "9. FSDP2 on CPU, gloo, 2 processes, MLP 64-256-256-10 (each Linear a unit), 400 steps per "
+             "rank", fsdp.params, ["fsdp:hand", "fsdp:aitoolbox"],
+             [Comparison("time ratio after start-up (first step to end of training)", "fsdp:aitoolbox",
+                         "fsdp:hand", "ratio", field="train_seconds", target=("<=", 1.05)),
+              Comparison("training time after start-up", "fsdp:hand", None, "value", field="train_seconds",
+                         unit="s"),
+              Comparison("training time after start-up", "fsdp:aitoolbox", None, "value",
+                         field="train_seconds", unit="s")]),
 ]
 
 BY_KEY = {s.key: s for s in SCENARIOS}

@@ -131,16 +131,16 @@ def find_latest_checkpoint(folder: str) -> Optional[str]:
     """Path of the newest checkpoint in ``folder`` (a ``checkpoint_model/`` folder), or None.
 
     Uses ``checkpoints.json`` when present (entries whose file exists); otherwise the most
-    recently modified ``*.pt`` file.
+    recently modified ``*.pt`` file (or sharded checkpoint folder, ``gpu_mode='fsdp'``).
     """
     manifest = read_manifest(folder)
     if manifest:
         present = [e for e in manifest.get("checkpoints", [])
-                   if os.path.isfile(os.path.join(folder, e["file"]))]
+                   if os.path.exists(os.path.join(folder, e["file"]))]
         newest = newest_entry(present)
         if newest is not None:
             return os.path.join(folder, newest["file"])
-    files = [p for p in glob.glob(os.path.join(folder, "*.pt")) if os.path.isfile(p)]
+    files = glob.glob(os.path.join(folder, "*.pt"))
     if files:
         return max(files, key=os.path.getmtime)
     return find_latest_original_checkpoint(folder)

@@ -223,7 +223,8 @@ class ExperimentStore:
             ``local_path``.
         """
         if self.uses_cloud:
-            self._get_uploader().upload(local_path, self.cloud_key(local_path))
+            for path in _files_under(local_path):  # a sharded checkpoint is a folder
+                self._get_uploader().upload(path, self.cloud_key(path))
         self._process_deferred_removals()
         return local_path
 
@@ -236,7 +237,8 @@ class ExperimentStore:
         with self._lock:
             self._deferred_removals.append(local_path)
         if remove_from_cloud and self.uses_cloud:
-            self._get_uploader().delete(self.cloud_key(local_path))
+            for path in _files_under(local_path):
+                self._get_uploader().delete(self.cloud_key(path))
         self._process_deferred_removals()
 
     def _process_deferred_removals(self) -> None:
@@ -244,8 +246,10 @@ class ExperimentStore:
             pending = set(self._uploader.pending_keys()) if self._uploader is not None else set()
             keep = []
             for path in self._deferred_removals:
-                if self.uses_cloud and self.cloud_key(path) in pending:
+                if self.uses_cloud and any(self.cloud_key(p) in pending for p in _files_under(path)):
                     keep.append(path)
+                elif os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
                 elif os.path.exists(path):
                     os.remove(path)
             self._deferred_removals = keep
@@ -314,3 +318,10 @@ class ExperimentStore:
     def __repr__(self) -> str:
         target = f", {self.cloud.scheme}{self.bucket_name}" if self.uses_cloud else ""
         return f"ExperimentStore({self.path!r}{target})"
+
+
+def _files_under(path: str) -> List[str]:
+    """``[path]`` for a file (or a missing path), every file inside it for a folder."""
+    if not os.path.isdir(path):
+        return [path]
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)

@@ -26,3 +26,15 @@ class FirstStepStamp(AbstractCallback):
             with open(self.stamp, "w") as fh:
                 fh.write(repr(time.time()))
             self.done = True
+
+
+class TrainEndStamp(AbstractCallback):
+    """Writes the wall-clock time at which rank 0's training ends (after its last step) into ``stamp``."""
+
+    def __init__(self, stamp: str):
+        super().__init__("train end stamp", device_idx_execution=0)
+        self.stamp = stamp
+
+    def on_train_end(self):
+        with open(self.stamp, "w") as fh:
+            fh.write(repr(time.time()))

@@ -129,3 +129,26 @@ def test_experiment_file_path_from_hyperparams(tmp_path):
 def test_bad_source_dirs(tmp_path):
     with pytest.raises(ValueError, match="source_dirs"):
         ExperimentStore("p", "e", tmp_path, {}, cloud_save_mode=None, source_dirs=[str(tmp_path / "nope")])
+
+
+def test_a_checkpoint_folder_is_mirrored_and_removed_whole(tmp_path, s3_bucket):
+    """A sharded (FSDP) checkpoint is a folder: every file in it is uploaded, and removal takes it all."""
+    import boto3
+
+    store = ExperimentStore("proj", "exp", tmp_path, {}, cloud_save_mode="s3", bucket_name=s3_bucket)
+    folder = store.local_path(ef.CHECKPOINT_DIR, "model_epoch_1.pt")
+    os.makedirs(folder)
+    for name in ("__0_0.distcp", "__1_0.distcp", ".metadata", "loop_state.pt"):
+        with open(os.path.join(folder, name), "wb") as fh:
+            fh.write(name.encode())
+    store.publish(folder)
+    assert store.flush(timeout=30)
+    client = boto3.client("s3", region_name="us-east-1")
+    prefix = store.cloud_key(folder) + "/"
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix=prefix).get("Contents", []))
+    assert keys == sorted(prefix + name for name in ("__0_0.distcp", "__1_0.distcp", ".metadata", "loop_state.pt"))
+
+    store.remove(folder, remove_from_cloud=True)
+    assert store.flush(timeout=30)
+    assert not os.path.exists(folder)
+    assert not client.list_objects_v2(Bucket=s3_bucket, Prefix=prefix).get("Contents")

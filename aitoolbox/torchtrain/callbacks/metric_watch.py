@@ -129,7 +129,7 @@ def loop_produced_metrics(loop) -> Optional[List[str]]:
             produced += ["val_loss", "val_loss_*"]
         if loop.test_loader is not None:
             produced += ["train_end_test_loss", "train_end_test_loss_*"]
-        if getattr(loop, "gpu_mode", "single") == "ddp":
+        if getattr(getattr(loop, "strategy", None), "multi_process", False):
             # loaders may be built in each process (InMultiProcessDataLoad): known only at run time
             produced += ["val_loss*", "train_end_test_loss*"]
     return produced + list(loop.train_history.keys())

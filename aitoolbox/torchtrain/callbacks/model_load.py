@@ -239,7 +239,7 @@ class ModelLoadContinueTraining(AbstractCallback):
             return None
         wanted = self._wanted_files() or [self._original_name(None)]
         for name in wanted:
-            if os.path.isfile(os.path.join(self.local_dir, name)):
+            if os.path.exists(os.path.join(self.local_dir, name)):  # a file, or a sharded folder
                 return os.path.join(self.local_dir, name)
         return None if self._wanted_files() else find_latest_checkpoint(self.local_dir)
 

@@ -141,7 +141,12 @@ class ModelCheckpoint(AbstractExperimentCallback):
     def on_epoch_end(self):
         if self.is_writer():
             self.crash_point.on_epoch_end(self.train_loop_obj)
+        if self.is_writer() or self.sharded():
             self.save_checkpoint("epoch")
+
+    def sharded(self) -> bool:
+        """Whether checkpoints are sharded folders that every rank writes (``gpu_mode='fsdp'``)."""
+        return getattr(self.train_loop_obj.strategy, "shards_checkpoints", False)
 
     def on_train_end(self):
         if self.is_writer():
@@ -149,6 +154,11 @@ class ModelCheckpoint(AbstractExperimentCallback):
 
     def on_train_crash(self, exception: BaseException):
         if not self.is_writer():
+            return
+        if self.sharded():  # writing shards needs every rank, and the others may not be here
+            logger.warning("Training raised %s; no crash checkpoint under gpu_mode='fsdp' (a sharded checkpoint "
+                           "needs every rank): resume from the newest regular checkpoint.", type(exception).__name__)
+            self.store.finish_run()
             return
         try:
             state, exact = self.crash_point.state_dict(self.train_loop_obj)
@@ -181,6 +191,8 @@ class ModelCheckpoint(AbstractExperimentCallback):
             kind = "iteration"
         entry = self._entry(kind, epoch, iteration, total, state.get("crash") if state else None)
         self.registry.add(entry)
+        if self.sharded():
+            return self._save_sharded(entry)
         path = self.store.local_path(ef.CHECKPOINT_DIR, entry["file"])
         if state is None:
             state = loop.state_dict()  # after registry.add(): the saved callback state lists this file
@@ -190,6 +202,20 @@ class ModelCheckpoint(AbstractExperimentCallback):
         self.store.publish(path)
         self._remove_suboptimal()
         self.store.write_json(self.registry.manifest(), ef.CHECKPOINT_DIR, MANIFEST_FILE)
+        return path
+
+    def _save_sharded(self, entry: Dict[str, Any]) -> str:
+        """Every rank writes its shards into the checkpoint folder; the main process mirrors it."""
+        loop = self.train_loop_obj
+        writer = self.is_writer()
+        # Only the main process creates the experiment folder (and its hyperparameter files).
+        path = self.store.local_path(ef.CHECKPOINT_DIR, entry["file"]) if writer \
+            else self.store.folder.sub_path(ef.CHECKPOINT_DIR, entry["file"])
+        loop.save_checkpoint(path)
+        if writer:
+            self.store.publish(path)
+            self._remove_suboptimal()
+            self.store.write_json(self.registry.manifest(), ef.CHECKPOINT_DIR, MANIFEST_FILE)
         return path
 
     def _entry(self, kind: str, epoch: int, iteration: int, total: int,
@@ -252,7 +278,8 @@ class ModelIterationCheckpoint(ModelCheckpoint):
 
     def on_batch_end(self):
         super().on_batch_end()
-        if (self.train_loop_obj.total_iteration_idx + 1) % self.save_frequency == 0 and self.is_writer():
+        if (self.train_loop_obj.total_iteration_idx + 1) % self.save_frequency == 0 and \
+                (self.is_writer() or self.sharded()):
             self.save_checkpoint("iteration")
 
 
@@ -315,8 +342,10 @@ class ModelTrainEndSave(AbstractExperimentCallback):
 
     def on_train_end(self):
         results = self.evaluate_result_packages()  # on every rank: predicting is collective under DDP
+        # On every rank: under FSDP the full state is gathered from the shards (a collective).
+        state = self.train_loop_obj.state_dict() if self.is_writer() or self._gathers_state() else None
         if self.is_writer():
-            self.save_model()
+            self.save_model(state)
             self.save_results(results)
             self.save_additional_results()
             self.save_history()
@@ -344,11 +373,15 @@ class ModelTrainEndSave(AbstractExperimentCallback):
                 results[name] = package.get_results()
         return results
 
-    def save_model(self) -> str:
+    def _gathers_state(self) -> bool:
+        return getattr(self.train_loop_obj.strategy, "shards_checkpoints", False)
+
+    def save_model(self, state: Optional[Dict[str, Any]] = None) -> str:
         """Save the final model as ``model/model.pt``: the TrainLoop's state (``model_state_dict``
-        without wrapper prefixes, the optimizers, the position...), as a checkpoint holds it."""
+        without wrapper prefixes, full tensors under FSDP, the optimizers, the position...), as a
+        checkpoint holds it (``state``; None: ``TrainLoop.state_dict()`` now)."""
         path = self.store.local_path(ef.MODEL_DIR, FINAL_MODEL_FILE)
-        atomic_torch_save(self.train_loop_obj.state_dict(), path)
+        atomic_torch_save(self.train_loop_obj.state_dict() if state is None else state, path)
         return self.store.publish(path)
 
     def save_results(self, package_results: Dict[str, Dict[str, Any]]) -> str:

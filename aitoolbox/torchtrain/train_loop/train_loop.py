@@ -49,7 +49,7 @@ class TrainLoop:
 
         fit(num_epochs | num_iterations, callbacks, grad_accumulation, loss_weighting)
           cb.on_train_loop_registration()            (each callback, when registered)
-          cb.on_multiprocess_start()                 (gpu_mode='ddp', in every process)
+          cb.on_multiprocess_start()                 (gpu_mode='ddp' / 'fsdp', in every process)
           cb.on_train_begin()
           while epochs / iterations remain and not early_stop:
               model.train(); cb.on_epoch_begin()
@@ -90,8 +90,8 @@ class TrainLoop:
         lazy_experiment_save: tracking TrainLoops create the experiment folder only once the
             first results exist.
         print_callbacks: log the registered callbacks when training starts.
-        gpu_mode: ``'single'`` (CPU or one GPU), ``'dp'`` (DataParallel) or ``'ddp'``
-            (DistributedDataParallel).
+        gpu_mode: ``'single'`` (CPU or one GPU), ``'dp'`` (DataParallel), ``'ddp'``
+            (DistributedDataParallel) or ``'fsdp'`` (fully sharded, FSDP2).
         cuda_device_idx: the CUDA device to use in ``'single'`` mode; None: the default one.
         use_amp: mixed precision (autocast), in every ``gpu_mode``:
 
@@ -156,8 +156,7 @@ class TrainLoop:
         self.module, self.feed_def = split_model(model)
         self.feed = self.strategy.setup_model(self.module, self.feed_def)
         self.amp_handler = AmpHandler(use_amp, self.device)
-        if gpu_mode == "dp":  # DataParallel runs its replicas in threads: autocast's dtype must follow
-            self.amp_handler.follow_into_threads(self.module)
+        self.strategy.setup_precision(self.amp_handler, self.module)
         self.optimizers = (list(optimizer) if isinstance(optimizer, MultiOptimizer)
                            else [] if optimizer is None else [optimizer])
         self._optimizer_indices = range(len(self.optimizers))
@@ -245,7 +244,8 @@ class TrainLoop:
                 num_items)``; divided by the window's item count). See ``docs/streams.md``.
             **kwargs: arguments of the device strategy: ``dp_model_args`` for ``gpu_mode='dp'``;
                 ``ddp_model_args``, ``in_process_data_load``, ``num_nodes``, ``node_rank``,
-                ``num_gpus``, ``backend``, ``init_method``, ``on_gpu``, ``timeout`` for ``gpu_mode='ddp'``
+                ``num_gpus``, ``backend``, ``init_method``, ``on_gpu``, ``timeout`` for ``gpu_mode='ddp'``;
+                the same with ``fsdp_args`` instead of ``ddp_model_args`` for ``gpu_mode='fsdp'``
                 (see ``docs/distributed.md``).
 
         Returns:
@@ -845,8 +845,8 @@ class TrainLoop:
 
     @property
     def ddp_training_mode(self) -> bool:
-        """Whether this process is one rank of a DistributedDataParallel run."""
-        return self.gpu_mode == "ddp" and self.strategy.world_size > 1
+        """Whether this process is one rank of a multi-process (DDP or FSDP) run."""
+        return self.strategy.multi_process and self.strategy.world_size > 1
 
     @property
     def ddp_rank(self) -> Optional[int]:

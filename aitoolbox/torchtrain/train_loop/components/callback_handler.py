@@ -94,8 +94,8 @@ class CallbacksHandler:
         loop = self.train_loop_obj
         strategy = getattr(loop, "strategy", None)
         world_size = getattr(strategy, "world_size", 1)
-        if strategy is None or (getattr(loop, "gpu_mode", "single") == "ddp" and world_size == 1):
-            return  # a DDP loop outside its processes: the number of ranks is not known yet
+        if strategy is None or (getattr(strategy, "multi_process", False) and world_size == 1):
+            return  # a DDP / FSDP loop outside its processes: the number of ranks is not known yet
         for cb in callbacks:
             idx = cb.device_idx_execution
             if idx is not None and (isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < world_size):

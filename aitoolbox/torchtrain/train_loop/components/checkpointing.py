@@ -156,14 +156,21 @@ def _same_host_rng(state: dict, reference: dict) -> bool:
             and torch.equal(keys, ref_keys))
 
 
-def loop_state_dict(loop) -> dict:
-    """Everything needed to continue ``loop``'s run exactly."""
+def loop_state_dict(loop, training_state: bool = True) -> dict:
+    """Everything needed to continue ``loop``'s run exactly.
+
+    Args:
+        loop: the TrainLoop.
+        training_state: include the weights, optimizer states and pending gradients (False: they
+            are None, for a sharded checkpoint that writes them itself).
+    """
     epoch, iteration, total_iteration = position(loop)
     mid_epoch = iteration > 0
+    model_state, optimizer_state, grads = loop.strategy.training_state(loop) if training_state else (None,) * 3
     return {
         "format_version": FORMAT_VERSION,
-        "model_state_dict": plain_module(loop.module).state_dict(),
-        "optimizer_state_dict": loop.optimizer.state_dict(),
+        "model_state_dict": model_state,
+        "optimizer_state_dict": optimizer_state,
         "amp_scaler_state_dict": loop.amp_handler.state_dict(),
         "epoch": epoch, "iteration": iteration, "total_iteration_idx": total_iteration,
         "num_optimizer_steps": loop.num_optimizer_steps,
@@ -174,7 +181,7 @@ def loop_state_dict(loop) -> dict:
         "loss_batch_accum": _pack_losses(loop.loss_batch_accum) if mid_epoch else None,
         "loss_weight_accum": _pack_weights(loop.loss_weight_accum) if mid_epoch else None,
         "stream_position": _stream_position(loop, iteration) if mid_epoch else None,
-        "pending_grads": _pending_grads(loop.module),
+        "pending_grads": grads,
     }
 
 
@@ -239,8 +246,7 @@ def restore_pending_grads(loop) -> None:
     """Put back the gradients of an unfinished accumulation window saved in a checkpoint."""
     grads = getattr(loop, "_pending_grads", None)
     if grads:
-        for param, grad in zip(loop.module.parameters(), grads):
-            param.grad = None if grad is None else grad.to(param.device)
+        loop.strategy.restore_grads(loop.module, grads)
     loop._pending_grads = None
 
 
@@ -253,6 +259,12 @@ def save_checkpoint(loop, path: str) -> str:
     from aitoolbox.cloud.backends import backend_for_uri
 
     cloud = backend_for_uri(path)
+    if getattr(loop.strategy, "shards_checkpoints", False):
+        if cloud is not None:
+            raise ValueError(f"gpu_mode='fsdp' writes sharded checkpoints (a folder, by every rank) to a local or "
+                             f"shared file system, not to {path!r}: pass a local path (tracking TrainLoops mirror "
+                             "their checkpoint folders to the cloud themselves).")
+        return loop.strategy.save_sharded(loop, path, loop_state_dict(loop, training_state=False))
     if cloud is None:
         return atomic_torch_save(loop.state_dict(), path)
     bucket, key = cloud.parse_uri(path)
@@ -273,10 +285,18 @@ def load_checkpoint(loop, path: str) -> None:
 
 
 def read_checkpoint(path: str, map_location=None) -> dict:
-    """``torch.load(path, weights_only=True)``; an ``s3://`` or ``gs://`` URI is downloaded first."""
+    """``torch.load(path, weights_only=True)``; an ``s3://`` or ``gs://`` URI is downloaded first.
+
+    A sharded checkpoint folder (``gpu_mode='fsdp'``) is read whole, its shards joined into full
+    tensors, whatever number of ranks wrote it.
+    """
     from aitoolbox.cloud.backends import backend_for_uri
 
     cloud = backend_for_uri(path)
+    if cloud is None and os.path.isdir(path):
+        from aitoolbox.torchtrain.train_loop.strategies.fsdp import read_sharded_checkpoint
+
+        return read_sharded_checkpoint(path)  # a sharded (FSDP) checkpoint folder, joined here
     if cloud is None:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No checkpoint file at {path!r}.")
@@ -502,7 +522,8 @@ def _to_device(loss, device: torch.device):
     return loss.to(device)
 
 
-def _pending_grads(module) -> Optional[list]:
+def module_grads(module) -> Optional[list]:
+    """Copies of the parameters' gradients (None when no parameter has one)."""
     grads = [None if p.grad is None else p.grad.detach().clone() for p in module.parameters()]
     return grads if any(g is not None for g in grads) else None
 

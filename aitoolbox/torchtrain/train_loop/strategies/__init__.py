@@ -1,9 +1,11 @@
 """Device strategies: where the model runs and how work is split across devices.
 
-One module per ``gpu_mode`` (:mod:`.single`, :mod:`.dp`, :mod:`.ddp`) on the
+One module per ``gpu_mode`` (:mod:`.single`, :mod:`.dp`, :mod:`.ddp`, :mod:`.fsdp`) on the
 :class:`~.base.DeviceStrategy` interface, and what the distributed ones share: launching and
 rendezvous (:mod:`.launch`), their ``fit`` arguments (:mod:`.config`), sharded and exact
-evaluation data (:mod:`.data`) and cross-rank collectives (:mod:`.collectives`).
+evaluation data (:mod:`.data`) and cross-rank collectives (:mod:`.collectives`). The FSDP
+strategy is the DDP strategy's rank machinery with another model wrapping (it extends
+:class:`~.ddp.DDPStrategy`).
 
 :data:`STRATEGIES` is the one map from ``gpu_mode`` to a strategy class. This package imports
 nothing itself (the TrainLoop imports it and must not import ``torch.distributed``): a strategy's
@@ -18,6 +20,7 @@ STRATEGIES = {
     "single": "aitoolbox.torchtrain.train_loop.strategies.single.SingleDeviceStrategy",
     "dp": "aitoolbox.torchtrain.train_loop.strategies.dp.DataParallelStrategy",
     "ddp": "aitoolbox.torchtrain.train_loop.strategies.ddp.DDPStrategy",
+    "fsdp": "aitoolbox.torchtrain.train_loop.strategies.fsdp.FSDPStrategy",
 }
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from aitoolbox.torchtrain.model import ModelFeed
+from aitoolbox.torchtrain.train_loop.components import checkpointing
 from aitoolbox.torchtrain.train_loop.components.data_loading import eval_loader
 
 
@@ -30,6 +31,8 @@ class DeviceStrategy:
 
     #: the ``fit(**kwargs)`` that this strategy accepts, with their defaults
     fit_kwargs: dict = {}
+    #: whether the mode runs one process per device (DDP, FSDP)
+    multi_process = False
     rank = 0
     world_size = 1
 
@@ -97,6 +100,12 @@ class DeviceStrategy:
             module._aitoolbox_compiled = True
         return ModelFeed(module, feed_def)
 
+    def setup_precision(self, amp_handler, module: nn.Module) -> None:
+        """Adapt the model to the AMP handler's autocast (nothing to do on one device).
+
+        DataParallel makes autocast's dtype follow into its replica threads here.
+        """
+
     def setup_run(self, loop) -> None:
         """Called by the TrainLoop once a run's callbacks are registered, before ``on_train_begin``.
 
@@ -149,6 +158,24 @@ class DeviceStrategy:
         """True when ``flag`` is True on every rank (identity here): whether every rank still has
         a batch of a stream, asked once per batch (``components/streams.py``)."""
         return flag
+
+    # ------------------------------------------------------------------ state
+    #: whether checkpoints are sharded now (a folder, written by every rank): in an FSDP rank
+    shards_checkpoints = False
+
+    def training_state(self, loop) -> Tuple[dict, Any, Optional[list]]:
+        """The model's and optimizer's state dicts and the pending gradients, as a checkpoint holds them.
+
+        Full (unsharded) tensors keyed as in the user's plain model; the FSDP strategy gathers
+        its shards here, so every rank must call it there.
+        """
+        return (checkpointing.plain_module(loop.module).state_dict(), loop.optimizer.state_dict(),
+                checkpointing.module_grads(loop.module))
+
+    def restore_grads(self, module: nn.Module, grads: list) -> None:
+        """Put the gradients of an unfinished accumulation window (full tensors) back."""
+        for param, grad in zip(module.parameters(), grads):
+            param.grad = None if grad is None else grad.to(param.device)
 
     def is_main_process(self) -> bool:
         """Whether this process is the main one (rank 0)."""

@@ -1,10 +1,10 @@
-"""The arguments of ``fit(...)`` under ``gpu_mode='ddp'``, checked before any work starts."""
+"""The arguments of ``fit(...)`` under ``gpu_mode='ddp'`` and ``'fsdp'``, checked before any work starts."""
 from __future__ import annotations
 
 import dataclasses
 import inspect
 import os
-from typing import List, Optional, Tuple
+from typing import FrozenSet, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -15,6 +15,10 @@ from torch.nn.parallel import DistributedDataParallel
 DDP_FIT_KWARGS = {"ddp_model_args": None, "in_process_data_load": None, "num_nodes": 1, "node_rank": 0,
                   "num_gpus": None, "backend": "nccl", "init_method": "env://", "on_gpu": True,
                   "timeout": 1800.0}
+
+#: ``fit`` keyword arguments of ``gpu_mode='fsdp'``: DDP's launch arguments, ``fsdp_args`` for
+#: ``ddp_model_args``.
+FSDP_FIT_KWARGS = {**{k: v for k, v in DDP_FIT_KWARGS.items() if k != "ddp_model_args"}, "fsdp_args": None}
 
 _DDP_ARGS = set(inspect.signature(DistributedDataParallel.__init__).parameters) - {"self", "module"}
 _LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -61,15 +65,19 @@ def launcher_env() -> Optional[Tuple[int, int, int]]:
     return tuple(int(os.environ[name]) for name in _LAUNCHER_VARS)  # type: ignore[return-value]
 
 
-def build_config(args: dict) -> DDPConfig:
-    """Check ``fit``'s DDP arguments and resolve their defaults.
+def build_config(args: dict, gpu_mode: str = "ddp") -> DDPConfig:
+    """Check ``fit``'s DDP (or FSDP) launch arguments and resolve their defaults.
+
+    Args:
+        args: the ``fit`` keyword arguments, defaults filled in.
+        gpu_mode: the mode named in the error messages.
 
     Raises:
         ValueError, TypeError: an invalid argument, named in the message with the fix.
     """
     launched = launcher_env() is not None
     on_gpu, backend = bool(args["on_gpu"]), args["backend"]
-    _check_device(on_gpu, backend)
+    _check_device(on_gpu, backend, gpu_mode)
     num_nodes, node_rank = args["num_nodes"], args["node_rank"]
     num_gpus = 1 if launched else _resolve_num_gpus(args["num_gpus"], on_gpu)
     if not launched:
@@ -83,11 +91,11 @@ def build_config(args: dict) -> DDPConfig:
                      ddp_model_args=_check_ddp_model_args(args["ddp_model_args"]))
 
 
-def _check_device(on_gpu: bool, backend: str) -> None:
+def _check_device(on_gpu: bool, backend: str, gpu_mode: str) -> None:
     if not dist.is_available():
-        raise RuntimeError("gpu_mode='ddp' needs torch.distributed, which this PyTorch build lacks.")
+        raise RuntimeError(f"gpu_mode='{gpu_mode}' needs torch.distributed, which this PyTorch build lacks.")
     if on_gpu and not torch.cuda.is_available():
-        raise ValueError("gpu_mode='ddp' with on_gpu=True needs CUDA GPUs, but none is visible. To train "
+        raise ValueError(f"gpu_mode='{gpu_mode}' with on_gpu=True needs CUDA GPUs, but none is visible. To train "
                          "on the CPU pass on_gpu=False, backend='gloo' and num_gpus=<processes per node>.")
     if not on_gpu and backend == "nccl":
         raise ValueError("backend='nccl' needs GPUs but on_gpu=False: pass backend='gloo' to train on the CPU.")
@@ -158,3 +166,97 @@ def check_data_load_callbacks(in_process_data_load) -> List:
             raise TypeError(f"in_process_data_load[{idx}] is a {type(cb).__name__}; pass AbstractCallback "
                             "objects whose on_multiprocess_start() loads the data.")
     return callbacks
+
+
+@dataclasses.dataclass(frozen=True)
+class FSDPOptions:
+    """Validated ``fit(..., fsdp_args={...})`` of ``gpu_mode='fsdp'``.
+
+    Attributes:
+        wrap: which submodules become FSDP units (the root always is one): None (each child of
+            the root that holds parameters), a frozenset of module classes (every submodule of
+            one of them), or an int (every submodule whose parameters not yet in a unit number
+            at least that many, innermost first).
+        reshard_after_forward: free the gathered parameters after each unit's forward (less
+            memory; gathered again for the backward pass).
+        cpu_offload: keep the sharded parameters, gradients and optimizer state in CPU memory
+            (GPU runs only).
+        activation_checkpointing: recompute each unit's activations in the backward pass
+            (non-reentrant) instead of keeping them.
+    """
+
+    wrap: Union[None, FrozenSet[type], int] = None
+    reshard_after_forward: bool = True
+    cpu_offload: bool = False
+    activation_checkpointing: bool = False
+
+
+_FSDP_OPTIONS = tuple(field.name for field in dataclasses.fields(FSDPOptions))
+
+
+def check_fsdp_args(fsdp_args, module, on_gpu: bool) -> FSDPOptions:
+    """``fsdp_args`` as :class:`FSDPOptions`, checked against the model.
+
+    Raises:
+        TypeError, ValueError: an unknown key, a value of the wrong type, a wrap policy that
+            matches no submodule, CPU offload on a CPU run; the message names the fix.
+    """
+    if fsdp_args is None:
+        return FSDPOptions()
+    if not isinstance(fsdp_args, dict):
+        raise TypeError(f"fsdp_args must be a dict with keys from {list(_FSDP_OPTIONS)}, got "
+                        f"{type(fsdp_args).__name__}.")
+    unknown = sorted(set(fsdp_args) - set(_FSDP_OPTIONS))
+    if unknown:
+        raise ValueError(f"fsdp_args has unknown key(s) {unknown}; valid keys are {list(_FSDP_OPTIONS)}.")
+    for flag in ("reshard_after_forward", "cpu_offload", "activation_checkpointing"):
+        if flag in fsdp_args and not isinstance(fsdp_args[flag], bool):
+            raise TypeError(f"fsdp_args['{flag}'] must be True or False, got {fsdp_args[flag]!r}.")
+    options = FSDPOptions(**{**fsdp_args, "wrap": _check_wrap(fsdp_args.get("wrap"))})
+    if options.cpu_offload and not on_gpu:
+        raise ValueError("fsdp_args['cpu_offload']=True moves sharded parameters off the GPUs, but this run "
+                         "trains on the CPU (on_gpu=False), where they already are: drop cpu_offload.")
+    if options.wrap is not None and not fsdp_units(module, options.wrap):
+        raise ValueError(f"fsdp_args['wrap']={fsdp_args['wrap']!r} matches no submodule of "
+                         f"{type(module).__name__}: only the root would be sharded, as one unit. Name classes "
+                         "of the model's layers (e.g. {nn.Linear} or your block class), a smaller minimum "
+                         "parameter count, or leave 'wrap' out (each child module with parameters).")
+    return options
+
+
+def _check_wrap(wrap) -> Union[None, FrozenSet[type], int]:
+    if wrap is None:
+        return None
+    if isinstance(wrap, int) and not isinstance(wrap, bool):
+        if wrap < 1:
+            raise ValueError(f"fsdp_args['wrap'] as a minimum parameter count must be >= 1, got {wrap}.")
+        return wrap
+    classes = [wrap] if isinstance(wrap, type) else list(wrap) if isinstance(wrap, (set, frozenset, list, tuple)) \
+        else None
+    if not classes or not all(isinstance(cls, type) and issubclass(cls, torch.nn.Module) for cls in classes):
+        raise TypeError("fsdp_args['wrap'] must be a set of nn.Module classes (e.g. {nn.TransformerEncoderLayer}), "
+                        f"a minimum parameter count (int), or None; got {wrap!r}.")
+    return frozenset(classes)
+
+
+def fsdp_units(module: torch.nn.Module, wrap) -> List[torch.nn.Module]:
+    """The submodules that become FSDP units before the root, innermost first (see :class:`FSDPOptions`)."""
+    if wrap is None:
+        return [child for child in module.children() if any(True for _ in child.parameters())]
+    if isinstance(wrap, frozenset):
+        return [sub for sub in _post_order(module) if sub is not module and isinstance(sub, tuple(wrap))]
+    units, taken = [], set()
+    for sub in _post_order(module):
+        if sub is module:
+            continue
+        free = [p for p in sub.parameters() if id(p) not in taken]
+        if sum(p.numel() for p in free) >= wrap:
+            units.append(sub)
+            taken.update(id(p) for p in free)
+    return units
+
+
+def _post_order(module: torch.nn.Module):
+    for child in module.children():
+        yield from _post_order(child)
+    yield module

@@ -224,3 +224,17 @@ def dataset_order(counts: Sequence[int]) -> List[int]:
     world_size = len(counts)
     offsets = [sum(counts[:rank]) for rank in range(world_size)]
     return [offsets[j % world_size] + j // world_size for j in range(sum(counts))]
+
+
+def padding_batches(loader, plan: EvalPlan, rank: int, world_size: int) -> int:
+    """How many batches this rank's exact share (``loader``) has fewer than the longest share.
+
+    Under FSDP every forward pass is a collective, so every rank must run as many evaluation
+    batches as the others: the shorter shares make up the difference with batches whose results
+    are discarded. 0 when the evaluation is not sharded (every rank reads everything).
+    """
+    batch_size = getattr(loader, "batch_size", None)
+    if not plan.sharded or not batch_size:
+        return 0
+    counts = shard_counts(plan.num_samples, world_size)
+    return math.ceil(max(counts) / batch_size) - math.ceil(counts[rank] / batch_size)

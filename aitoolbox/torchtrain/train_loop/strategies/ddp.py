@@ -66,6 +66,7 @@ class DDPStrategy(DeviceStrategy):
     """
 
     fit_kwargs = DDP_FIT_KWARGS
+    multi_process = True
 
     def __init__(self, cuda_device_idx: Optional[int] = None):
         super().__init__(cuda_device_idx)

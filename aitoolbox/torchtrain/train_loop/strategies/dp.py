@@ -55,6 +55,10 @@ class DataParallelStrategy(DeviceStrategy):
         self.feed = wrapper_feed(wrapper, wrapper.module, feed_def)
         return self.feed
 
+    def setup_precision(self, amp_handler, module: nn.Module) -> None:
+        # DataParallel runs its replicas in threads of their own: autocast's dtype must follow.
+        amp_handler.follow_into_threads(module)
+
     def launch(self, loop, train_args: dict, strategy_args: dict):
         """Re-wrap the model when ``dp_model_args`` are given, then train in this process."""
         if strategy_args.get("dp_model_args") is not None:

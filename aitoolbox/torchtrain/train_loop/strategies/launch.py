@@ -1,4 +1,4 @@
-"""Starting the processes of a ``gpu_mode='ddp'`` run and bringing its result back.
+"""Starting the processes of a ``gpu_mode='ddp'`` or ``'fsdp'`` run and bringing its result back.
 
 The parent writes the TrainLoop and the run's arguments to a private temporary file with
 ``torch.save`` and starts ``num_gpus`` processes with ``torch.multiprocessing.start_processes``.
@@ -77,8 +77,8 @@ def spawn_fit(loop, train_args: dict, config: DDPConfig, data_load: list):
         save_payload(loop, {"train_args": train_args, "in_process_data_load": data_load}, payload_path)
         store = host_rendezvous_store(config, ddp_args["env"])
         ddp_args["parent_store"] = store is not None
-        logger.info("gpu_mode='ddp': starting %d process(es) on node %d of %d (world size %d)",
-                    config.num_gpus, config.node_rank, config.num_nodes, config.world_size)
+        logger.info("gpu_mode='%s': starting %d process(es) on node %d of %d (world size %d)",
+                    loop.gpu_mode, config.num_gpus, config.node_rank, config.num_nodes, config.world_size)
         try:
             mp.start_processes(rank_main, args=(payload_path, ddp_args), nprocs=config.num_gpus,
                                join=True, start_method="spawn")
@@ -123,8 +123,8 @@ def save_payload(loop, run_args: dict, path: str) -> None:
         torch.save({"loop": loop, "rng": rng, "initial_seed": torch.initial_seed(), **run_args}, path)
     except (pickle.PicklingError, AttributeError, TypeError) as exc:
         raise TypeError(
-            "gpu_mode='ddp' hands the TrainLoop (model, loaders, optimizer, callbacks) to the processes it "
-            f"starts with pickle, which failed: {exc}. Define models, data sets, collate / worker_init "
+            f"gpu_mode='{loop.gpu_mode}' hands the TrainLoop (model, loaders, optimizer, callbacks) to the "
+            f"processes it starts with pickle, which failed: {exc}. Define models, data sets, collate / worker_init "
             "functions and callbacks at module level (no lambdas or local classes), or start the script "
             "with torchrun, which needs no pickling.") from exc
     finally:
@@ -153,8 +153,10 @@ def rank_main(local_rank: int, payload_path: str, ddp_args: dict) -> None:
         loop, train_args = payload["loop"], payload["train_args"]
         loop._spawn_fit(local_rank, ddp_args, train_args["num_epochs"], train_args["num_iterations"],
                         train_args["callbacks"], train_args["grad_accumulation"], payload["in_process_data_load"])
+        state = loop.state_dict()  # on every rank: under FSDP it gathers the shards (collectives)
         if local_rank == 0:
-            atomic_torch_save(loop.state_dict(), ddp_args["result_path"])
+            atomic_torch_save(state, ddp_args["result_path"])
+        del state
         loop.strategy.barrier()
         loop.strategy.shutdown(loop)
     except Exception as exc:
