@@ -59,7 +59,9 @@ class RecordSteps(AbstractCallback):
 
     def on_after_optimizer_step(self):
         loop = self.train_loop_obj
-        weights = [p.detach().clone() for p in loop.unwrapped_model().parameters()]
+        # FSDP holds DTensor shards: the full tensors (a collective every rank enters here)
+        weights = [(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+                   for p in loop.unwrapped_model().parameters()]
         self.steps.append((loop.epoch, loop.iteration, weights))
 
     def on_epoch_end(self):

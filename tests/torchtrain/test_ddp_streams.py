@@ -1,4 +1,4 @@
-"""Streams, uneven inputs and weighted accumulation under DDP (gloo, 2 CPU processes): issue 15."""
+"""Streams, uneven inputs and weighted accumulation under DDP / FSDP (gloo, 2 CPU processes): issue 15."""
 import copy
 import logging
 
@@ -22,9 +22,9 @@ def no_master_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def _loop(model, train_loader, val_loader=None, lr=0.1, **kwargs):
+def _loop(model, train_loader, val_loader=None, lr=0.1, gpu_mode="ddp", **kwargs):
     return TrainLoop(model, train_loader, val_loader, None, torch.optim.SGD(model.parameters(), lr=lr),
-                     nn.MSELoss(), gpu_mode="ddp", show_progress=False, **kwargs)
+                     nn.MSELoss(), gpu_mode=gpu_mode, show_progress=False, **kwargs)
 
 
 def _sgd_step(model, loss, lr=0.1):
@@ -36,11 +36,12 @@ def _sgd_step(model, loss, lr=0.1):
 
 
 @pytest.mark.timeout(150)
-def test_ranks_with_7_and_5_batches_end_the_epoch_together(tmp_path, no_master_env):
+@pytest.mark.parametrize("gpu_mode", ["ddp", "fsdp"])
+def test_ranks_with_7_and_5_batches_end_the_epoch_together(gpu_mode, tmp_path, no_master_env):
     stream = stream_helpers.PerRankBatches([[4] * 7, [4] * 5])
     model = helpers.RegressionNet()
     initial = copy.deepcopy(model)
-    loop = _loop(model, stream, end_auto_eval=False)
+    loop = _loop(model, stream, end_auto_eval=False, gpu_mode=gpu_mode)
     loop.fit(num_epochs=2, grad_accumulation=2, callbacks=[stream_helpers.RecordSteps(str(tmp_path))], **CPU_DDP)
 
     records = helpers.load_rank_files(str(tmp_path), "steps")
@@ -72,12 +73,12 @@ class SumLossNet(helpers.RegressionNet):
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("loss_weighting", ["samples", "tokens"])
-def test_weighted_window_on_two_ranks_equals_one_big_batch(loss_weighting, tmp_path, no_master_env):
+@pytest.mark.parametrize("loss_weighting, gpu_mode", [("samples", "ddp"), ("tokens", "ddp"), ("samples", "fsdp")])
+def test_weighted_window_on_two_ranks_equals_one_big_batch(loss_weighting, gpu_mode, tmp_path, no_master_env):
     stream = stream_helpers.PerRankBatches([[8, 8, 3], [5, 2, 6]])
     model = (SumLossNet if loss_weighting == "tokens" else helpers.RegressionNet)()
     initial = copy.deepcopy(model)
-    loop = _loop(model, stream, end_auto_eval=False)
+    loop = _loop(model, stream, end_auto_eval=False, gpu_mode=gpu_mode)
     loop.fit(num_epochs=1, grad_accumulation=3, loss_weighting=loss_weighting,
              callbacks=[stream_helpers.RecordSteps(str(tmp_path))], **CPU_DDP)
 
