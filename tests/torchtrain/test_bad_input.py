@@ -135,7 +135,7 @@ def test_use_amp_float16_on_cpu_ddp_ranks_fails_before_spawning(monkeypatch):
     # On a machine with GPUs the parent cannot refuse float16 at construction (the ranks may train
     # on CUDA); on_gpu=False puts them on the CPU: fit refuses before any process starts.
     import aitoolbox.torchtrain.train_loop.components.validation as validation_module
-    from aitoolbox.torchtrain.train_loop.components import ddp_launch
+    from aitoolbox.torchtrain.train_loop.strategies import launch as ddp_launch
 
     monkeypatch.setattr(validation_module.torch.cuda, "is_available", lambda: True)
     loop = _loop(use_amp="fp16", gpu_mode="ddp")
