@@ -20,7 +20,8 @@ setup(
     extras_require={
         "plots": ["matplotlib"],
         "yaml": ["pyyaml"],
-        "tensorboard": ["tensorboard"],
+        "tensorboard": ["tensorboard", "google-crc32c"],
+        "mlflow": ["mlflow"],
         "gcs": ["google-cloud-storage"],
         "wandb": ["wandb"],
         "torchmetrics": ["torchmetrics"],
@@ -35,6 +36,8 @@ setup(
             "sphinx",
             "myst-parser",
             "tensorboard",
+            "google-crc32c",
+            "mlflow",
             "google-cloud-storage",
             "gcp-storage-emulator",
             "wandb",

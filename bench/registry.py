@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
-from bench.scenarios import cuda, ddp, fit_defaults, fit_tiny, fsdp, imports, peers, predict, train
+from bench.scenarios import cuda, ddp, fit_defaults, fit_tiny, fsdp, imports, loggers, peers, predict, train
 
 PEER_ARMS = [f"peers:{name}" for name in peers.REQUIRES]
 
@@ -170,6 +170,15 @@ SCENARIOS = [
                          unit="s"),
               Comparison("training time after start-up", "fsdp:aitoolbox", None, "value",
                          field="train_seconds", unit="s")]),
+    Scenario("loggers", "10. logging every step to CSV + TensorBoard, tiny MLP 32-64-10, batch 32, fit of "
+             "2,000 vs 4,000 steps against the same fit without loggers", loggers.params,
+             ["loggers:plain", "loggers:logged"],
+             [Comparison("per-step cost, growth from 2,000 to 4,000 steps (noise floor: plain vs plain)",
+                         "loggers:plain", None, "overhead_us", unit="µs", base_field="hand_cpu_seconds"),
+              Comparison("per-step cost, growth from 2,000 to 4,000 steps", "loggers:logged", None,
+                         "overhead_us", unit="µs", base_field="hand_cpu_seconds"),
+              Comparison("the callback's own time per step (hooks timed, 4,000-step fit)", "loggers:logged", None,
+                         "value", field="hook_us_per_step", unit="µs", target=("<=", 2.0))]),
 ]
 
 BY_KEY = {s.key: s for s in SCENARIOS}

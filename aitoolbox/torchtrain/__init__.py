@@ -14,6 +14,7 @@ _EXPORTS = exports({
                                                             "TrainLoopCheckpointEndSave"],
     "aitoolbox.torchtrain.data.batch_model_feed_defs": ["AbstractModelFeedDefinition"],
     "aitoolbox.torchtrain.multi_loss_optim": ["MultiLoss", "MultiOptimizer"],
+    "aitoolbox.torchtrain.loss_sum": ["LossSum"],
     "aitoolbox.torchtrain.data.dataset": ["BasicDataset", "ListDataset"],
 })
 

@@ -151,3 +151,31 @@ def test_importing_the_callback_does_not_import_wandb():
     code = ("import sys, aitoolbox.torchtrain.callbacks.wandb; "
             "assert 'wandb' not in sys.modules, 'wandb imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_wandb_logger_offline_run_holds_the_batch_losses_and_the_history(offline_wandb):
+    from aitoolbox.experiment.loggers.wandb_logger import WandBLogger
+    from aitoolbox.torchtrain.callbacks.loggers import LoggerCallback
+    from tests.callbacks.cb_testkit import Recorder
+
+    loop = make_loop()  # 6 batches per epoch
+    losses = Recorder("on_batch_end", lambda tl: float(tl.loss_batch_accum[-1]), execution_order=0)
+    logger = WandBLogger(project="proj", name="run", save_dir=str(offline_wandb / "wl"), mode="offline")
+    loop.fit(num_epochs=2, callbacks=[losses, LoggerCallback(logger, flush_every_n_steps=4,
+                                                             hyperparams={"lr": 0.05})])
+    assert logger.run._is_finished  # finalize finished the run it started
+    records = finish_and_read(offline_wandb / "wl")
+    rows = history_rows(records)
+    batch_rows = [r for r in rows if "train/loss" in r]
+    assert [r["_step"] for r in batch_rows] == list(range(1, 13))
+    assert [r["train/loss"] for r in batch_rows] == [pytest.approx(v, rel=1e-6) for v in losses.records]
+    assert {r["train/lr"] for r in batch_rows} == {0.05}
+    epoch_rows = [r for r in rows if "val_loss" in r]
+    assert [(r["_step"], r["epoch"]) for r in epoch_rows] == [(6, 0), (12, 1)]
+    for key in ("loss", "accumulated_loss", "val_loss"):
+        assert [r[key] for r in epoch_rows] == pytest.approx(loop.train_history[key], rel=1e-12)
+    [run] = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert (run.project, run.display_name) == ("proj", "run")
+    configs = [{i.key: json.loads(i.value_json) for i in r.config.update} for r in records
+               if r.WhichOneof("record_type") == "config"]
+    assert any(c.get("lr") in (0.05, {"value": 0.05}) for c in configs), configs

@@ -41,7 +41,8 @@ def last_update_of_epoch(loop) -> bool:
     """Whether the optimizer update now being made is the last one of the epoch (or of the run)."""
     if loop.num_iterations and loop.total_iteration_idx + 1 >= loop.num_iterations:
         return True
-    return loop.iteration + 1 >= len(loop.train_loader)
+    # the epoch's batch count: len(train_loader), or a stream's, known one batch ahead
+    return loop.iteration + 1 >= loop._epoch_len
 
 
 class GradientCallbackBase(AbstractCallback):

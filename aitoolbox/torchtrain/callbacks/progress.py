@@ -1,6 +1,7 @@
 """Progress messages and metric logging through ``logging``, on the main process only."""
 from __future__ import annotations
 
+import math
 import numbers
 import sys
 import time
@@ -25,7 +26,11 @@ class PrintProgress(AbstractCallback):
     def on_train_begin(self):
         loop = self.train_loop_obj
         length = f"{loop.num_iterations} iterations" if loop.num_iterations else f"{loop.num_epochs} epochs"
-        get_logger().info(f"Starting training run: {length}, {loop.get_num_training_steps()} optimizer steps.")
+        try:
+            steps = f"{loop.get_num_training_steps()} optimizer steps"
+        except ValueError:  # a train loader without a length: known only once it is read
+            steps = "number of optimizer steps unknown (a stream)"
+        get_logger().info(f"Starting training run: {length}, {steps}.")
 
     def on_epoch_begin(self):
         loop = self.train_loop_obj
@@ -133,7 +138,8 @@ class EpochProgress:
     def __init__(self, loop, stream=None):
         self.loop = loop
         self.stream = sys.stderr if stream is None else stream
-        self.total = loop._epoch_len
+        # None: the number of batches is unknown (a stream read to its end)
+        self.total = None if math.isinf(loop._epoch_len) else loop._epoch_len
         self.desc = f"Epoch {loop.epoch + 1}" + (f"/{loop.num_epochs}" if loop.num_epochs else "")
         self.start_iteration = loop.iteration
         self.start_time = self._last_time = time.perf_counter()
@@ -234,12 +240,15 @@ class LineEpochProgress(EpochProgress):
     def line(self, now: float) -> str:
         """The progress line after ``loop.iteration`` batches."""
         done, elapsed = self.loop.iteration, now - self.start_time
-        parts = [f"{self.desc}: {done}/{self.total} batches ({100 * done // max(self.total, 1)}%)"]
+        if self.total is None:
+            parts = [f"{self.desc}: {done} batches"]
+        else:
+            parts = [f"{self.desc}: {done}/{self.total} batches ({100 * done // max(self.total, 1)}%)"]
         rate = (done - self.start_iteration) / elapsed if elapsed > 0 else 0.0
         if rate > 0:
             parts.append(f"{rate:.1f} batches/s" if rate < 100 else f"{rate:.0f} batches/s")
         parts.append(f"{format_duration(elapsed)} elapsed")
-        if rate > 0:
+        if rate > 0 and self.total is not None:
             parts.append(f"ETA {format_duration((self.total - done) / rate)}")
         loss = self.running_loss()
         if loss is not None:

@@ -12,6 +12,9 @@ Where the event files go (``log_dir``, ``is_project``):
 - otherwise: ``log_dir`` as given (default ``'tensorboard'``), plus ``<project>_<experiment>/`` when
   both names are given; nothing is uploaded.
 
+The event files are written by :class:`~aitoolbox.experiment.loggers.tensorboard_logger.TensorBoardLogger`,
+the TensorBoard backend of ``LoggerCallback`` (:attr:`TensorboardReporterBaseCB.tb_writer`).
+
 Tags: ``train_loss/last_batch_loss`` and ``train_loss/accumulated_batch_loss`` (per loss of a
 ``MultiLoss``: ``..._<name>``) with the logged batch count as the step; ``loss/<name>`` for the
 history entries with ``loss`` in their name and ``metrics/<name>`` for the others, with the epoch
@@ -24,6 +27,7 @@ import numbers
 import os
 from typing import Iterable, Optional
 
+from aitoolbox.experiment.loggers.tensorboard_logger import TensorBoardLogger
 from aitoolbox.torchtrain.callbacks.experiment_base import AbstractExperimentCallback
 from aitoolbox.torchtrain.multi_loss_optim import MultiLoss
 from aitoolbox.utils.optional import import_optional
@@ -53,10 +57,13 @@ class TensorboardReporterBaseCB(AbstractExperimentCallback):
             three): the TrainLoop's experiment, if any.
         cloud_save_mode, bucket_name, cloud_dir_prefix: the cloud target, as in ``ModelCheckpoint``.
         execution_order: callback execution order (after the callbacks that fill the history).
-        **kwargs: arguments of ``torch.utils.tensorboard.SummaryWriter`` (e.g. ``flush_secs``).
+        **kwargs: arguments of the ``torch.utils.tensorboard.SummaryWriter`` that
+            ``tb_writer.summary_writer`` opens on first use (for histograms, images ...).
 
     Attributes:
-        tb_writer: the ``SummaryWriter`` while training runs (None before and after).
+        tb_writer: the ``TensorBoardLogger`` while training runs (None before and after); it has
+            ``add_scalar(tag, value, step)``, ``flush()`` and, for everything else, a
+            ``summary_writer`` (a ``SummaryWriter`` on the same folder).
         global_step: batches seen by :meth:`log_mid_train_loss`'s callers so far.
     """
 
@@ -119,8 +126,9 @@ class TensorboardReporterBaseCB(AbstractExperimentCallback):
         if self.tb_writer is None:
             if self._resolved_log_dir is None:
                 self._resolved_log_dir = self.create_log_dir()
-            self.tb_writer = summary_writer_class(type(self).__name__)(log_dir=self._resolved_log_dir,
-                                                                       **self.tb_writer_kwargs)
+            self.tb_writer = TensorBoardLogger(save_dir=self._resolved_log_dir,
+                                               summary_writer_kwargs=self.tb_writer_kwargs)
+            self.tb_writer.setup(None)
 
     @property
     def full_log_dir(self) -> Optional[str]:
@@ -134,18 +142,23 @@ class TensorboardReporterBaseCB(AbstractExperimentCallback):
         last, mean = loop.parse_loss(loop.loss_batch_accum[-1:]), loop.parse_loss(loop.loss_batch_accum)
         if not isinstance(last, MultiLoss):
             last, mean = {"loss": last}, {"loss": mean}
+        scalars = {}
         for name in last:
-            self.tb_writer.add_scalar(f"train_loss/last_batch_{name}", float(last[name]), self.global_step)
-            self.tb_writer.add_scalar(f"train_loss/accumulated_batch_{name}", float(mean[name]), self.global_step)
+            scalars[f"train_loss/last_batch_{name}"] = float(last[name])
+            scalars[f"train_loss/accumulated_batch_{name}"] = float(mean[name])
+        self.tb_writer.log_metrics(scalars, self.global_step)
 
     def log_train_history_metrics(self, metric_names: Iterable[str]) -> None:
         """Log the latest value of each history metric (``loss/<name>`` or ``metrics/<name>``) at the epoch."""
         history = self.train_loop_obj.train_history
+        scalars = {}
         for name in metric_names:
             values = history[name] if name in history else []
             if len(values) > 0 and isinstance(values[-1], numbers.Real):
                 prefix = "loss" if "loss" in name else "metrics"
-                self.tb_writer.add_scalar(f"{prefix}/{name}", float(values[-1]), self.train_loop_obj.epoch)
+                scalars[f"{prefix}/{name}"] = float(values[-1])
+        if scalars:
+            self.tb_writer.log_metrics(scalars, self.train_loop_obj.epoch)
 
     def log_epoch_metrics(self, metric_names: Optional[Iterable[str]]) -> None:
         """End of epoch: log the metrics (None: the whole history), flush and mirror the files."""
@@ -178,7 +191,7 @@ class TensorboardReporterBaseCB(AbstractExperimentCallback):
     def close(self) -> None:
         """Flush and close the event file (a later training run opens a new one)."""
         if self.tb_writer is not None:
-            self.tb_writer.close()
+            self.tb_writer.finalize()
             self.tb_writer = None
 
     def state_dict(self) -> dict:

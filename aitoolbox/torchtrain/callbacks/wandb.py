@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from aitoolbox.torchtrain.callbacks.experiment_base import AbstractExperimentCallback
 from aitoolbox.torchtrain.multi_loss_optim import MultiLoss
-from aitoolbox.utils.optional import import_optional
+from aitoolbox.experiment.loggers.wandb_logger import WandBLogger, import_wandb as _import_wandb
 
 logger = logging.getLogger("aitoolbox")
 OBJECTIVES = ("maximize", "minimize")
@@ -22,7 +22,7 @@ OBJECTIVES = ("maximize", "minimize")
 
 def import_wandb():
     """The ``wandb`` module, or an ImportError naming ``pip install "aitoolbox[wandb]"``."""
-    return import_optional("wandb", "wandb", "WandBTracking")
+    return _import_wandb("WandBTracking")
 
 
 @dataclass
@@ -45,6 +45,10 @@ class AlertConfig:
 
 class WandBTracking(AbstractExperimentCallback):
     """Log the training history (every epoch end) and, optionally, the batch loss to W&B.
+
+    aitoolbox 1.8's W&B callback, under its name and arguments: it logs through a
+    :class:`~aitoolbox.experiment.loggers.wandb_logger.WandBLogger` (:attr:`wandb_logger`), the
+    W&B backend of ``LoggerCallback``.
 
     At every epoch end it logs ``{'epoch': epoch, 'loss_at_epoch_end/<name>': ..., 'metrics/<name>': ...}``
     (the latest value of each chosen history metric; ``loss`` in the name selects the first
@@ -105,6 +109,7 @@ class WandBTracking(AbstractExperimentCallback):
         self.is_project = is_project
         self.project_name, self.experiment_name = project_name, experiment_name
         self.run = None
+        self.wandb_logger: Optional[WandBLogger] = None
         self._owns_run = False
 
     # ------------------------------------------------------------------ checks & setup
@@ -138,12 +143,15 @@ class WandBTracking(AbstractExperimentCallback):
         elif self.run is None or _is_finished(self.run):
             if self.is_project and self.experiment_store is not None:
                 self.log_dir = self.experiment_store.ensure_created()
-            if self.log_dir is not None:
-                os.makedirs(self.log_dir, exist_ok=True)
-            self.run = wandb.init(project=self.project_name, name=self.experiment_name, config=self.hyperparams,
-                                  tags=self.tags, save_code=True, dir=self.log_dir, **self.wandb_params_kwargs)
+            self.wandb_logger = WandBLogger(self.project_name, self.experiment_name, self.log_dir,
+                                            config=self.hyperparams, tags=self.tags, save_code=True,
+                                            **self.wandb_params_kwargs)
+            self.wandb_logger.setup(None)
             self._owns_run = True
+            self.run = self.wandb_logger.run
             self._log_source_code()
+        if self.wandb_logger is None or self.wandb_logger.run is not self.run:  # a run set by the user
+            self.wandb_logger = WandBLogger(run=self.run)
 
     def try_infer_additional_logging_details(self) -> None:
         """Fill names, hyperparameters and source folders from the TrainLoop's experiment."""
@@ -189,7 +197,7 @@ class WandBTracking(AbstractExperimentCallback):
         for name in last:
             logged[f"train_loss/last_batch_{name}"] = float(last[name])
             logged[f"train_loss/accumulated_batch_{name}"] = float(mean[name])
-        self.run.log(logged, step=loop.total_iteration_idx + 1 if step is None else step, commit=False)
+        self.wandb_logger.log_metrics(logged, loop.total_iteration_idx + 1 if step is None else step)
         return logged
 
     def on_epoch_end(self):
@@ -208,7 +216,7 @@ class WandBTracking(AbstractExperimentCallback):
             if len(values) > 0 and isinstance(values[-1], numbers.Number):
                 prefix = "loss_at_epoch_end" if "loss" in name else "metrics"
                 metrics_log[f"{prefix}/{name}"] = values[-1]
-        self.run.log(metrics_log, step=self.train_loop_obj.total_iteration_idx, commit=True)
+        self.wandb_logger.log_metrics(metrics_log, self.train_loop_obj.total_iteration_idx)
         return metrics_log
 
     @staticmethod

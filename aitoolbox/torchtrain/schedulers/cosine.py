@@ -7,6 +7,7 @@ from typing import List, Optional
 import torch
 
 from aitoolbox.torchtrain.schedulers.param_schedulers import StatefulParamGroupScheduler
+from aitoolbox.torchtrain.train_loop.components.streams import has_length
 
 
 class CosineLrScheduler(StatefulParamGroupScheduler):
@@ -70,6 +71,9 @@ class CosineLrScheduler(StatefulParamGroupScheduler):
             raise ValueError("CosineLrScheduler outside a TrainLoop needs num_training_steps and "
                              "num_update_steps_per_epoch.")
         self.total_steps = self.num_training_steps or loop.get_num_training_steps()
+        if self.num_update_steps_per_epoch is None and not has_length(loop.train_loader):
+            raise ValueError("CosineLrScheduler: train_loader has no length (a stream), so the updates per "
+                             "epoch are unknown: pass num_update_steps_per_epoch=... (and num_training_steps=...).")
         self.steps_per_epoch = (self.num_update_steps_per_epoch
                                 or math.ceil(len(loop.train_loader) / loop.grad_accumulation))
         if self.cosine_steps < 1:

@@ -7,6 +7,7 @@ hook dispatch in the callbacks handler, caching in the prediction store and chec
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -31,8 +32,10 @@ from aitoolbox.torchtrain.train_loop.components.pred_collate_fns import (
     PredictionCollector, append_predictions, torch_cat_transf)
 from aitoolbox.torchtrain.train_loop.components.prediction_store import PredictionStore
 from aitoolbox.torchtrain.train_loop.components import validation
+from aitoolbox.torchtrain.train_loop.components import loss_weighting as weighting
+from aitoolbox.torchtrain.train_loop.components.streams import StreamState, has_length
 from aitoolbox.torchtrain.train_loop.components.evaluation import (
-    batch_size_of, merge_metadata, rng_fork, weighted_sum)
+    batch_size_of, loss_terms, merge_metadata, rng_fork, weighted_sum)
 from aitoolbox.torchtrain.callbacks.progress import format_duration, format_value
 from aitoolbox.utils.log import get_logger
 
@@ -45,7 +48,7 @@ class TrainLoop:
 
     The loop, with every hook in the order it runs (``cb.`` marks a callback hook)::
 
-        fit(num_epochs | num_iterations, callbacks, grad_accumulation)
+        fit(num_epochs | num_iterations, callbacks, grad_accumulation, loss_weighting)
           cb.on_train_loop_registration()            (each callback, when registered)
           cb.on_multiprocess_start()                 (gpu_mode='ddp' / 'fsdp', in every process)
           cb.on_train_begin()
@@ -56,6 +59,9 @@ class TrainLoop:
                   loss = _calculate_batch_loss(batch)             (under autocast)
                   loss /= size of this accumulation window
                   _backward_pass(loss, i) for each optimizer i    (no_sync() unless stepping)
+                  (loss_weighting 'samples' / 'tokens', or a loader without a length: the loss
+                   is scaled by its weight instead, the window's gradients once before the
+                   step - components/loss_weighting.py; a stream is read one batch ahead)
                   if should_execute_optimizer_update():
                       for each optimizer i:
                           cb.on_after_gradient_update(i)          (clip gradients here)
@@ -185,10 +191,17 @@ class TrainLoop:
         self.num_optimizer_steps = 0  # real optimizer updates over the whole run
         self.weights_version = 0  # bumped whenever the weights change: invalidates the cache
         self.num_epochs, self.num_iterations, self.grad_accumulation = 0, 0, 1
+        self.loss_weighting = "batches"  # fit's loss_weighting (set before the ranks are launched)
         self.early_stop = False
         self._stop_request: Optional[int] = None  # the stop signal every rank agreed on (see preemption.py)
         self._stop_control = None  # the registered StopOnSignal callback, if any
         self.loss_batch_accum: List = []
+        self.loss_weight_accum: List = []  # the batches' weights ('samples' / 'tokens' weighting)
+        # Chosen once per fit: the state of a length-less train loader (else None) and the
+        # weighted accumulation (else None: the plain per-batch path).
+        self._stream: Optional[StreamState] = None
+        self._window: Optional[weighting.WindowWeighting] = None
+        self._pending_stream_position: Optional[tuple] = None  # (iteration, state) of a checkpoint
         self.epoch_start_rng: Optional[dict] = None
         # batches in the current epoch (set at each epoch start); the loader's length until then
         self._epoch_len = _length_or_zero(self.train_loader)
@@ -203,10 +216,11 @@ class TrainLoop:
         self._provisional_history: Optional[tuple] = None
         self._epoch_close_marks: Dict[str, int] = {}  # history lengths when the epoch's end began
         self._epoch_start_time = 0.0
+        self.current_batch = None  # the training batch being processed (read by callbacks in the batch hooks)
 
     # ------------------------------------------------------------------ public training API
     def fit(self, num_epochs: int = 0, num_iterations: int = 0, callbacks: Optional[Sequence] = None,
-            grad_accumulation: int = 1, **kwargs):
+            grad_accumulation: int = 1, loss_weighting: str = "batches", **kwargs):
         """Train the model.
 
         ``num_epochs`` / ``num_iterations`` are totals to reach: a loop resumed from a checkpoint
@@ -220,11 +234,18 @@ class TrainLoop:
         (``fit(num_iterations=30)`` then ``fit(num_epochs=3)`` leaves 3 ``val_loss`` values). The
         replacement is not carried by a checkpoint taken at the stop.
 
+        A ``train_loader`` without a length (an ``IterableDataset``, a generator-backed loader)
+        trains too: an epoch is one pass until it is exhausted (see ``docs/streams.md``).
+
         Args:
             num_epochs: train until this many epochs are done.
             num_iterations: train until this many batches are done (may stop mid-epoch).
             callbacks: ``AbstractCallback`` instances for this run.
             grad_accumulation: accumulate gradients over this many batches per optimizer step.
+            loss_weighting: how the batches of an accumulation window (on all ranks) combine:
+                ``'batches'`` (each the same), ``'samples'`` (by number of samples: the update of
+                one big batch) or ``'tokens'`` (``get_loss`` returns a ``LossSum(loss_sum,
+                num_items)``; divided by the window's item count). See ``docs/streams.md``.
             **kwargs: arguments of the device strategy: ``dp_model_args`` for ``gpu_mode='dp'``;
                 ``ddp_model_args``, ``in_process_data_load``, ``num_nodes``, ``node_rank``,
                 ``num_gpus``, ``backend``, ``init_method``, ``on_gpu``, ``timeout`` for ``gpu_mode='ddp'``;
@@ -238,17 +259,22 @@ class TrainLoop:
             ValueError, TypeError: invalid arguments, before any training work.
         """
         validation.validate_fit_args(self, num_epochs, num_iterations, callbacks, grad_accumulation)
+        weighting.check_loss_weighting(loss_weighting)
         validation.validate_strategy_kwargs(self.gpu_mode, kwargs, self.use_amp)
         strategy_args = self.strategy.check_fit_kwargs(kwargs)
         self._unverified_metrics = validation.check_callbacks(
             self, self.callbacks_handler.callbacks_cache + list(callbacks or []))
         train_args = dict(num_epochs=num_epochs, num_iterations=num_iterations,
                           callbacks=list(callbacks or []), grad_accumulation=grad_accumulation)
+        self.loss_weighting = loss_weighting  # an attribute: it travels with the loop to spawned ranks
         return self.strategy.launch(self, train_args, strategy_args)
 
     def __call__(self, num_epochs: int = 0, num_iterations: int = 0,
-                 callbacks: Optional[Sequence] = None, grad_accumulation: int = 1, **kwargs):
+                 callbacks: Optional[Sequence] = None, grad_accumulation: int = 1,
+                 loss_weighting: str = "batches", **kwargs):
         """Same as :meth:`fit`."""
+        if loss_weighting != "batches":  # a keyword: subclasses' fit overrides of the 1.8 signature take **kwargs
+            kwargs["loss_weighting"] = loss_weighting
         return self.fit(num_epochs, num_iterations, callbacks, grad_accumulation, **kwargs)
 
     def _train(self, num_epochs: int, num_iterations: int, callbacks: Optional[Sequence] = None,
@@ -278,6 +304,7 @@ class TrainLoop:
         next_update = progress.next_update if progress is not None else math.inf
         try:
             for batch_data in batches:
+                self.current_batch = batch_data  # for the batch hooks (e.g. a throughput monitor's sample count)
                 # Holding the batch loss until the next one is computed, like a plain loop's `loss`
                 # variable, keeps its graph's gradient accumulators: torch reuses them next step.
                 loss_batch = self._train_step(batch_data)  # noqa: F841
@@ -293,7 +320,7 @@ class TrainLoop:
             if progress is not None:
                 progress.close()
         # A loader that yields fewer batches than its len() (an estimated __len__) still ends the epoch.
-        self._close_epoch(loader_exhausted and self._epoch_len == len(self.train_loader))
+        self._close_epoch(loader_exhausted and self._loader_ran_out())
 
     def _train_step(self, batch_data):
         """One batch: loss, backward, and (when the window is full) the optimizer update.
@@ -441,6 +468,28 @@ class TrainLoop:
         for optimizer in self.optimizers:
             optimizer.zero_grad()  # set_to_none, torch's default; also a duck-typed optimizer's signature
         checkpointing.restore_pending_grads(self)
+        self._choose_batch_path()
+
+    def _choose_batch_path(self) -> None:
+        """Once per fit: the plain per-batch path, or the stream / weighted one when needed."""
+        self.__dict__.pop("_forward_backward", None)  # the class's plain method
+        self._stream = None if has_length(self.train_loader) else StreamState(self.train_loader)
+        if self._stream is not None:  # the position of a loaded checkpoint, for a stateful stream
+            self._stream.pending, self._pending_stream_position = self._pending_stream_position, None
+        self._window = None
+        if self._stream is not None or self.loss_weighting != "batches":
+            self._window = weighting.WindowWeighting(self, self.loss_weighting)
+            self._forward_backward = functools.partial(self._window.forward_backward, self)
+
+    def _num_loader_batches(self) -> float:
+        """``len(train_loader)``; ``math.inf`` for a stream (a loader without a length)."""
+        return math.inf if self._stream is not None else len(self.train_loader)
+
+    def _loader_ran_out(self) -> bool:
+        """Whether the epoch's batches ended because the loader had no more (not num_iterations)."""
+        if self._stream is not None:
+            return self._stream.exhausted
+        return self._epoch_len == len(self.train_loader)
 
     def _training_done(self) -> bool:
         if self.num_iterations:
@@ -455,9 +504,12 @@ class TrainLoop:
         self._epoch_start_time = time.perf_counter()
         if self.iteration == 0:
             self.epoch_start_rng = checkpointing.rng_snapshot(self.train_loader)
-            self.loss_batch_accum = []
+            self.loss_batch_accum, self.loss_weight_accum = [], []
             self.callbacks_handler.execute("on_epoch_begin")
             return self._epoch_batches(iter(self.train_loader))
+        resumed = self._stream.resume(self) if self._stream is not None else None
+        if resumed is not None:  # a stateful stream, put back at the checkpoint's position
+            return self._epoch_batches(resumed)
         # Mid-epoch: replay the epoch's start so that the remaining batches come in the same order.
         current_rng = checkpointing.rng_snapshot(self.train_loader)
         checkpointing.restore_rng(self.train_loader, self.epoch_start_rng)
@@ -473,21 +525,23 @@ class TrainLoop:
         A whole epoch runs the loader to exhaustion, as a plain ``for`` loop does: the last,
         empty ``next()`` draws from a seeded ``RandomSampler``'s generator, and skipping it would
         shuffle the next epoch differently. An epoch cut short by ``num_iterations`` stops without
-        asking for one batch more.
+        asking for one batch more. A stream (no length) is read one batch ahead (see ``streams``).
         """
+        if self._stream is not None:
+            return self._stream.batches(self, batches, self._epoch_len - self.iteration)
         if self._epoch_len < len(self.train_loader):
             return itertools.islice(batches, self._epoch_len - self.iteration)
         return batches
 
-    def _batches_this_epoch(self) -> int:
-        epoch_len = len(self.train_loader)
+    def _batches_this_epoch(self) -> float:
+        epoch_len = self._num_loader_batches()
         if self.num_iterations:
             remaining = self.num_iterations - self.total_iteration_idx
             epoch_len = min(epoch_len, self.iteration + remaining)
         return epoch_len
 
     def _close_epoch(self, loader_exhausted: bool = False) -> None:
-        epoch_complete = self.iteration >= len(self.train_loader) or self.early_stop or loader_exhausted
+        epoch_complete = self.iteration >= self._num_loader_batches() or self.early_stop or loader_exhausted
         self._drop_provisional_history()
         self._epoch_close_marks = self._history_lengths()
         if self.loss_batch_accum:
@@ -537,12 +591,17 @@ class TrainLoop:
         order += [name for name in recorded if name not in _EPOCH_LINE_LABELS]
         parts = [f"{_EPOCH_LINE_LABELS.get(name, name)} {format_value(recorded[name])}" for name in order]
         total = f"/{self.num_epochs}" if self.num_epochs else ""
-        where = "" if epoch_complete else f" (stopped after batch {self.iteration}/{len(self.train_loader)})"
+        of = "" if self._stream is not None else f"/{len(self.train_loader)}"
+        where = "" if epoch_complete else f" (stopped after batch {self.iteration}{of})"
         took = format_duration(time.perf_counter() - self._epoch_start_time)
         self.logger.info(f"Epoch {self.epoch + 1}{total}{where}: {', '.join(parts) or 'nothing recorded'} "
                          f"({took})")
 
     def _mean_train_loss(self):
+        if self.loss_weight_accum and len(self.loss_weight_accum) == len(self.loss_batch_accum):
+            # 'samples' / 'tokens': the weighted mean over the epoch's batches on all ranks
+            loss_sum, weight = weighting.weighted_mean(self.loss_batch_accum, self.loss_weight_accum)
+            return self.strategy.mean_over_ranks(loss_sum) / self.strategy.mean_over_ranks(weight)
         return self.strategy.mean_over_ranks(self.parse_loss(self.loss_batch_accum))
 
     def _auto_eval_enabled(self, epoch: Optional[int] = None) -> bool:
@@ -643,6 +702,8 @@ class TrainLoop:
                             dataset_info: Optional[dict] = None):
         """Loss of the model over a data set: the sample-weighted mean of the batch losses.
 
+        A model whose loss is a ``LossSum`` (``loss_weighting='tokens'``) gets the mean over all items.
+
         The data set is read in order and whole (shuffling and ``drop_last`` are not applied);
         under DDP every sample is counted exactly once across the ranks. Evaluation does not
         draw from the training run's random number generators.
@@ -666,8 +727,8 @@ class TrainLoop:
                     except Exception as error:
                         validation.explain_batch_error(self.feed_def, batch_data, error)
                         raise
-                n = batch_size_of(batch_data)
-                loss_sum, num_samples = weighted_sum(loss_sum, loss, n), num_samples + n
+                loss, multiplier, count = loss_terms(loss, batch_data)  # a LossSum: its sum and item count
+                loss_sum, num_samples = weighted_sum(loss_sum, loss, multiplier), num_samples + count
         validation.require_samples(num_samples, dataset_info)
         loss_sum, num_samples = self.strategy.reduce_eval(loss_sum, num_samples)
         loss = loss_sum / num_samples
@@ -767,7 +828,20 @@ class TrainLoop:
         return [cb for cb in self.callbacks_handler.registered_callbacks if isinstance(cb, AbstractScheduler)]
 
     def get_num_training_steps(self) -> int:
-        """Real optimizer updates over the whole run (accounts for gradient accumulation)."""
+        """Real optimizer updates over the whole run (accounts for gradient accumulation).
+
+        Raises:
+            ValueError: the train loader has no length and the number is not known (it is with
+                ``fit(num_iterations=n)`` and ``grad_accumulation=1``: ``n``).
+        """
+        if not has_length(self.train_loader):
+            if self.num_iterations and self.grad_accumulation == 1:
+                return self.num_iterations
+            raise ValueError("The number of optimizer steps is unknown: train_loader has no length (a stream), "
+                             "so the steps of an epoch are known only at its end. Give it to what needs it, "
+                             "e.g. a scheduler's num_training_steps=... (CosineLrScheduler also "
+                             "num_update_steps_per_epoch=...), or train with fit(num_iterations=n) and "
+                             "grad_accumulation=1 (n steps).")
         steps_per_epoch = math.ceil(len(self.train_loader) / self.grad_accumulation)
         if not self.num_iterations:
             return self.num_epochs * steps_per_epoch

@@ -226,6 +226,8 @@ def loop_state_dict(loop, training_state: bool = True) -> dict:
         "rng_state": rng_snapshot(loop.train_loader),
         "epoch_start_rng_state": loop.epoch_start_rng if mid_epoch else None,
         "loss_batch_accum": _pack_losses(loop.loss_batch_accum) if mid_epoch else None,
+        "loss_weight_accum": _pack_weights(loop.loss_weight_accum) if mid_epoch else None,
+        "stream_position": _stream_position(loop, iteration) if mid_epoch else None,
         "pending_grads": grads,
         # what the run looked like, to tell on resume what cannot continue exactly
         "run_shape": {"train_loader_len": _loader_len(loop.train_loader), "world_size": loop.strategy.world_size},
@@ -268,6 +270,10 @@ def load_loop_state_dict(loop, state: dict) -> None:
     loop._pending_grads = state["pending_grads"]
     loop._resumed_run_shape = state.get("run_shape")
     loop._rank_rng_states = state.get("rank_rng_states")  # every DDP rank's own, restored in each rank
+    # Absent from the checkpoints written before weighted accumulation and streams existed.
+    weights = state.get("loss_weight_accum") or []
+    loop.loss_weight_accum = [_to_device(w, loop.device) if isinstance(w, torch.Tensor) else w for w in weights]
+    loop._pending_stream_position = state.get("stream_position")
     loop.weights_version += 1
     loop.prediction_store.clear()
 
@@ -346,6 +352,24 @@ def warn_inexact_resume(loop, unclaimed_callback_states) -> None:
     elif shape.get("train_loader_len") not in (None, length):
         logger.warning("The checkpoint's train loader had %s batches per epoch, this one has %s: the run does not "
                        "continue exactly (another data set, batch size or drop_last).", shape["train_loader_len"], length)
+
+
+def _pack_weights(weights: list) -> list:
+    """The epoch's batch weights ('samples' / 'tokens' weighting): ints, or CPU tensors."""
+    return [w.detach().cpu() if isinstance(w, torch.Tensor) else w for w in weights]
+
+
+def _stream_position(loop, iteration: int) -> Optional[tuple]:
+    """``(iteration, state)`` of a stateful stream at the checkpoint's position, else None.
+
+    None for a loader with a length, or a stream with no ``state_dict()``: a resume then
+    replays the epoch's start and skips the batches done (see ``streams``).
+    """
+    stream = getattr(loop, "_stream", None)
+    if stream is None:
+        return None
+    state = stream.position_state(iteration)
+    return None if state is None else (iteration, state)
 
 
 def restore_pending_grads(loop) -> None:

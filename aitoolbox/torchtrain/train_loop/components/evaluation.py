@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import torch
 
@@ -26,6 +26,20 @@ def batch_size_of(batch: Any) -> int:
             if size:
                 return size
     return len(batch) if hasattr(batch, "__len__") else 1
+
+
+def loss_terms(loss, batch: Any) -> Tuple[Any, int, int]:
+    """``(loss, multiplier, count)`` of one evaluation batch for :func:`weighted_sum`.
+
+    A mean loss weighs by the batch's number of samples; a ``LossSum`` (``loss_weighting='tokens'``)
+    adds its sum as it is and counts its items, so that the result is the mean over all items.
+    """
+    from aitoolbox.torchtrain.loss_sum import LossSum
+
+    if isinstance(loss, LossSum):
+        return loss.loss_sum, 1, int(loss.num_items)
+    num_samples = batch_size_of(batch)
+    return loss, num_samples, num_samples
 
 
 def weighted_sum(total, loss, num_samples: int):

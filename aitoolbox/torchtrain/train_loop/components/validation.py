@@ -95,12 +95,11 @@ def _check_can_train(train_loader, optimizer) -> None:
 
 
 def _check_train_length(train_loader) -> None:
+    """An empty train loader is refused; one without a length (a stream) is checked per epoch."""
     try:
         num_batches = len(train_loader)
     except TypeError:
-        raise ValueError("train_loader has no length (len(train_loader) fails, e.g. an "
-                         "IterableDataset without __len__): define __len__ on the dataset so that "
-                         "epochs and accumulation windows are known.") from None
+        return  # a stream: an epoch is one pass until exhaustion (components/streams.py)
     if num_batches == 0:
         raise ValueError("train_loader yields no batches (empty dataset, or drop_last=True with fewer "
                          "samples than batch_size).")

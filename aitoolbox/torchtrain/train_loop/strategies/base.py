@@ -149,6 +149,16 @@ class DeviceStrategy:
         """Average a tensor over the ranks (identity here)."""
         return value
 
+    def sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum a scalar tensor over the ranks, one all-reduce (identity here): the weight of an
+        accumulation window under ``loss_weighting`` (``components/loss_weighting.py``)."""
+        return value
+
+    def all_ranks(self, flag: bool) -> bool:
+        """True when ``flag`` is True on every rank (identity here): whether every rank still has
+        a batch of a stream, asked once per batch (``components/streams.py``)."""
+        return flag
+
     # ------------------------------------------------------------------ state
     #: whether checkpoints are sharded now (a folder, written by every rank): in an FSDP rank
     shards_checkpoints = False

@@ -85,6 +85,16 @@ class RankComm:
         dist.all_reduce(total)
         return total.to(values.device)
 
+    def sum_unchecked(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum of a tensor (float64) over the ranks without the entry check: one all-reduce.
+
+        For the loop's per-step collectives, which every rank enters at the same point of the same
+        batch (the window weight of ``loss_weighting``).
+        """
+        total = value.detach().to(self.device, torch.float64).clone()
+        dist.all_reduce(total)
+        return total.to(value.device)
+
     def broadcast_int(self, value: int) -> int:
         """Rank 0's ``value`` on every rank."""
         self.enter("setup")
@@ -96,20 +106,23 @@ class RankComm:
         """Wait for every rank (the entry check is itself a barrier)."""
         self.enter("barrier")
 
-    def gather_in_order(self, values: Sequence[Any], metadata: Optional[dict], counts: List[int]):
+    def gather_in_order(self, values: Sequence[Any], metadata: Optional[dict], counts: Optional[List[int]]):
         """Every rank's evaluation results, merged into data-set order.
 
         Args:
             values: this rank's per-sample results (tensors, arrays, lists; None allowed).
             metadata: this rank's metadata dict (per-sample lists) or None.
-            counts: number of samples each rank read (:func:`~.data.shard_counts`).
+            counts: number of samples each rank read (:func:`~.data.shard_counts`); None: gathered
+                from the ranks (the length of each rank's first value), for a split stream.
 
         Returns:
             ``(merged values, merged metadata)``.
         """
         self.enter("gather_predictions")
         local = [("tensor", _tensor_desc(v)) if _tensor_desc(v) else ("object", v) for v in values]
-        everyone = self._all_gather_object((local, metadata))
+        everyone = self._all_gather_object((local, metadata, _length(values[0]) if values else None))
+        if counts is None:
+            counts = [e[2] or 0 for e in everyone]
         merged = [self._gather_value(value, [e[0][idx] for e in everyone], counts)
                   for idx, value in enumerate(values)]
         return merged, _merge_metadata([e[1] for e in everyone], counts)

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import (DataLoader, DistributedSampler, IterableDataset, RandomSampler, Sampler,
                               SequentialSampler)
 
+from aitoolbox.torchtrain.data.sharded_stream import ShardedIterable
 from aitoolbox.torchtrain.train_loop.components.data_loading import (
     copy_loader, eval_loader, has_custom_batch_sampler)
 
@@ -46,6 +47,16 @@ def distributed_train_loader(loader, rank: int, world_size: int, seed: int):
     returned unchanged (it must shard by rank itself).
     """
     if isinstance(getattr(loader, "sampler", None), DistributedSampler):
+        return loader
+    if isinstance(getattr(loader, "dataset", None), ShardedIterable):
+        loader.dataset.set_rank(rank, world_size)  # split by the wrapper, in each worker
+        return loader
+    if isinstance(getattr(loader, "dataset", None), IterableDataset):
+        logger.warning("gpu_mode='ddp': the train loader reads an IterableDataset (%s) that is not split across "
+                       "the ranks: every rank trains on the same items. Wrap it to split it across ranks and "
+                       "workers: DataLoader(aitoolbox.torchtrain.data.sharded_stream.ShardedIterable(dataset), "
+                       "...), or split it by torch.distributed.get_rank() in its __iter__.",
+                       type(loader.dataset).__name__)
         return loader
     if not _shardable(loader):
         logger.warning("gpu_mode='ddp': the train loader (%s) cannot be sharded automatically (custom "
@@ -162,13 +173,30 @@ class PlannedEvalLoader:
         return getattr(self.loader, "generator", None)
 
 
+class SplitStreamEvalLoader(PlannedEvalLoader):
+    """The evaluation loader of a ``ShardedIterable``: split, except while the rank works alone."""
+
+    def __init__(self, loader, plan: EvalPlan, report: Callable[[EvalPlan], None], solo: Callable[[], bool]):
+        super().__init__(loader, plan, report)
+        self._solo = solo
+
+    def __iter__(self):
+        self.loader.dataset.split = not self._solo()  # read by the workers started just below
+        return super().__iter__()
+
+
 def exact_eval_loader(loader, rank: int, world_size: int, solo: Callable[[], bool],
                       report: Callable[[EvalPlan], None]) -> PlannedEvalLoader:
     """The loader to evaluate ``loader`` with on this rank.
 
-    Shardable loaders with at least ``world_size`` samples are split exactly across the ranks;
-    any other loader is read whole by every rank (a replicated evaluation, no collectives).
+    Shardable loaders with at least ``world_size`` samples are split exactly across the ranks, and
+    so is a stream wrapped in ``ShardedIterable`` (the loss sums and sample counts of the ranks
+    are added up); any other loader is read whole by every rank (a replicated evaluation, no
+    collectives).
     """
+    if isinstance(getattr(loader, "dataset", None), ShardedIterable):
+        loader.dataset.set_rank(rank, world_size)
+        return SplitStreamEvalLoader(loader, EvalPlan(True, None), report, solo)
     if _shardable(loader):
         custom = not isinstance(loader.sampler, (RandomSampler, SequentialSampler, DistributedSampler))
         base = loader.sampler if custom else None

@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
 from aitoolbox.torchtrain.model import ModelFeed
+from aitoolbox.torchtrain.loss_sum import LossSum
 from aitoolbox.torchtrain.multi_loss_optim import MultiLoss
 from aitoolbox.torchtrain.parallel import TTDistributedDataParallel
 from aitoolbox.torchtrain.train_loop.components import checkpointing
@@ -307,7 +308,9 @@ class DDPStrategy(DeviceStrategy):
         """Every rank's predictions merged into data-set order (same result on every rank)."""
         if not self._sharded_eval():
             return y_pred, y_true, metadata
-        counts = data.shard_counts(self._eval_plan.num_samples, self.world_size)
+        num_samples = self._eval_plan.num_samples
+        # a split stream (ShardedIterable): no length; gather_in_order collects each rank's count
+        counts = None if num_samples is None else data.shard_counts(num_samples, self.world_size)
         (y_pred, y_true), metadata = self._comm.gather_in_order((y_pred, y_true), metadata, counts)
         return y_pred, y_true, metadata
 
@@ -322,6 +325,14 @@ class DDPStrategy(DeviceStrategy):
         values = _loss_values(value)
         total = self._comm.sum("mean_over_ranks", torch.stack(values))
         return _rebuild_loss(value, total / self.world_size)
+
+    def sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum of a scalar tensor over the ranks: one all-reduce (once per optimizer step)."""
+        return self._comm.sum_unchecked(value) if self._collective() else value
+
+    def all_ranks(self, flag: bool) -> bool:
+        """True when ``flag`` is True on every rank: one small all-reduce (once per batch of a stream)."""
+        return not self._comm.any_rank_unchecked(not flag) if self._collective() else flag
 
     def barrier(self) -> None:
         """Wait for every rank."""
@@ -351,9 +362,9 @@ class RankFeed:
 
     def get_loss(self, batch_data, criterion, device):
         loss = self.wrapped.get_loss(batch_data, criterion, device)
-        if isinstance(loss, MultiLoss) and type(loss).backward is MultiLoss.backward:  # no user override
-            return JointBackwardMultiLoss(loss, loss.loss_optimizer_map, loss.retain_graph_until_last)
-        return loss
+        if isinstance(loss, LossSum):  # loss_weighting='tokens': the sums may be a MultiLoss
+            return LossSum(_joint_backward(loss.loss_sum), loss.num_items)
+        return _joint_backward(loss)
 
     def get_loss_eval(self, batch_data, criterion, device):
         return self._pick().get_loss_eval(batch_data, criterion, device)
@@ -363,6 +374,13 @@ class RankFeed:
 
     def _pick(self) -> ModelFeed:
         return self.plain if self._strategy.in_solo else self.wrapped
+
+
+def _joint_backward(loss):
+    """A ``MultiLoss`` without a user ``backward`` as :class:`JointBackwardMultiLoss`, else ``loss``."""
+    if isinstance(loss, MultiLoss) and type(loss).backward is MultiLoss.backward:  # no user override
+        return JointBackwardMultiLoss(loss, loss.loss_optimizer_map, loss.retain_graph_until_last)
+    return loss
 
 
 class JointBackwardMultiLoss(MultiLoss):
