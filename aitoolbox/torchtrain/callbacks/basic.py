@@ -210,18 +210,9 @@ class TerminateOnNaN(AbstractCallback):
         if self._check_every != 1 or optimizer_idx != 0:
             return
         loop = self.train_loop_obj
-        bad = self._batch_loss_bad()
-        if self._flag is not None:  # losses of the accumulation window's earlier batches
-            bad = bad | self._flag
-        if loop.amp_handler.scaler is None:  # AMP's scaler handles (and skips) scaled inf gradients itself
-            grads = [p.grad for optimizer in loop.optimizers for group in optimizer.param_groups
-                     for p in group["params"] if p.grad is not None]
-            if grads:
-                bad = bad | ~torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        self._flag = None
-        if loop.strategy.any_rank(bool(bad)):
-            for optimizer in loop.optimizers:  # torch optimizers skip parameters without a gradient
-                optimizer.zero_grad(set_to_none=True)
+        bad, self._flag = update_is_nonfinite(loop, self._flag), None
+        if bad:
+            drop_gradients(loop)
             self._stopped_before_update = True
             self._terminate("batch loss or gradient (the update was skipped)")
 
@@ -235,9 +226,7 @@ class TerminateOnNaN(AbstractCallback):
             self._check_flag("batch loss")
 
     def _batch_loss_bad(self) -> torch.Tensor:
-        loss = self.train_loop_obj.loss_batch_accum[-1]
-        values = torch.stack(list(loss.values())) if isinstance(loss, MultiLoss) else loss
-        return ~torch.isfinite(values).all()
+        return batch_loss_nonfinite(self.train_loop_obj)
 
     def on_epoch_end(self):
         if not self._stopped_before_update:
@@ -268,6 +257,105 @@ class TerminateOnNaN(AbstractCallback):
 
     def load_state_dict(self, state: dict) -> None:
         self._num_batches, self._num_seen = state["num_batches"], state["num_seen"]
+
+
+def batch_loss_nonfinite(loop) -> torch.Tensor:
+    """A device flag: whether the loss of the batch just computed holds a NaN or an infinity."""
+    loss = loop.loss_batch_accum[-1]
+    values = torch.stack(list(loss.values())) if isinstance(loss, MultiLoss) else loss
+    return ~torch.isfinite(values).all()
+
+
+def update_is_nonfinite(loop, earlier: Optional[torch.Tensor] = None) -> bool:
+    """Whether the coming optimizer update would carry a non-finite value, decided on every rank.
+
+    Looks at the batch loss, ``earlier`` (the flag of the window's earlier batches) and, without
+    a loss scaler, every gradient (a sharded one by its local shard); the verdict is combined over
+    the ranks, so that all of them skip or stop together. One host sync.
+    """
+    bad = batch_loss_nonfinite(loop)
+    if earlier is not None:
+        bad = bad | earlier
+    if loop.amp_handler.scaler is None:  # AMP's scaler handles (and skips) scaled inf gradients itself
+        grads = [p.grad for optimizer in loop.optimizers for group in optimizer.param_groups
+                 for p in group["params"] if p.grad is not None]
+        if grads:
+            bad = bad | ~torch.stack([torch.isfinite(g).all() for g in grads]).all()
+    return loop.strategy.any_rank(bool(bad))
+
+
+def drop_gradients(loop) -> None:
+    """Set every gradient to None: torch optimizers skip parameters without one, so the step is void."""
+    for optimizer in loop.optimizers:
+        optimizer.zero_grad(set_to_none=True)
+
+
+class SkipNonFinite(AbstractCallback):
+    """Skip the optimizer update of a window whose loss or gradients are not finite, and train on.
+
+    Checked before every optimizer step (one host sync per step): when the batch loss, the loss
+    of an earlier batch of the accumulation window or a gradient holds a NaN or an infinity, the
+    window's gradients are dropped, so the weights and the optimizer state stay those of the
+    previous update (torch optimizers skip parameters without a gradient). Under DDP / FSDP the
+    verdict is combined over the ranks. Under CUDA float16 AMP the GradScaler already skips
+    steps with inf/NaN gradients; this callback then checks the losses only. Use
+    :class:`TerminateOnNaN` to stop instead.
+
+    Args:
+        max_consecutive: stop training after this many skipped updates in a row; None: never.
+        execution_order: callback execution order (keep it before gradient clipping callbacks).
+
+    Attributes:
+        skipped_iterations: ``total_iteration_idx`` of each batch whose update was skipped.
+    """
+
+    def __init__(self, max_consecutive: Optional[int] = None, execution_order: int = -100):
+        super().__init__("SkipNonFinite", execution_order=execution_order)
+        if max_consecutive is not None and (isinstance(max_consecutive, bool) or
+                                            not isinstance(max_consecutive, int) or max_consecutive < 1):
+            raise ValueError(f"max_consecutive must be an int >= 1 or None, got {max_consecutive!r}.")
+        self.max_consecutive = max_consecutive
+        self.skipped_iterations: list = []
+        self._consecutive = 0
+        self._flag: Optional[torch.Tensor] = None  # non-finite losses of the window's earlier batches
+        self._checked = False  # this batch closed its window (its update was checked)
+
+    def on_train_begin(self):
+        self._flag, self._checked = None, False
+
+    def on_after_gradient_update(self, optimizer_idx: int):
+        if optimizer_idx != 0:
+            return
+        loop = self.train_loop_obj
+        bad, self._flag, self._checked = update_is_nonfinite(loop, self._flag), None, True
+        if not bad:
+            self._consecutive = 0
+            return
+        drop_gradients(loop)
+        self.skipped_iterations.append(loop.total_iteration_idx)
+        self._consecutive += 1
+        if loop.is_main_process():
+            get_logger().warning(f"SkipNonFinite: non-finite batch loss or gradient in epoch {loop.epoch + 1}, "
+                                 f"batch {loop.iteration + 1}: the update was skipped "
+                                 f"({len(self.skipped_iterations)} skipped so far).")
+        if self.max_consecutive is not None and self._consecutive >= self.max_consecutive:
+            loop.early_stop = True
+            if loop.is_main_process():
+                get_logger().error(f"SkipNonFinite: {self._consecutive} updates in a row skipped; stopping training.")
+
+    def on_batch_end(self):
+        if self._checked:  # the window closed: the next one starts clean
+            self._checked = False
+            return
+        bad = batch_loss_nonfinite(self.train_loop_obj)
+        self._flag = bad if self._flag is None else self._flag | bad
+
+    def state_dict(self) -> dict:
+        return {"skipped_iterations": list(self.skipped_iterations), "consecutive": self._consecutive}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped_iterations = list(state["skipped_iterations"])
+        self._consecutive = state["consecutive"]
 
 
 class AllPredictionsSame(AbstractCallback):
