@@ -456,3 +456,22 @@ def test_master_env_picks_a_free_port_and_honours_the_environment(busy_default_p
     assert master_env(DDPConfig(1, 0, 2, "gloo", "tcp://127.0.0.1:5", False, 60.0, {})) == {}
     assert is_peer_failure(RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:1"))
     assert not is_peer_failure(RuntimeError("boom"))
+
+
+@pytest.mark.timeout(150)
+def test_skip_nonfinite_skips_the_same_update_on_every_rank(no_master_env):
+    from aitoolbox.torchtrain.callbacks.basic import SkipNonFinite
+    data = helpers.train_set()
+    data.tensors[0][17, 0] = float("nan")  # rank 1's second batch; batch 1 of the one-process run
+    single = helpers.RegressionNet()
+    skip = SkipNonFinite()
+    helpers.make_loop(single, 16, train_data=data, val_data=False).fit(num_epochs=2, callbacks=[skip])
+    assert skip.skipped_iterations == [1, 5]
+    model = helpers.RegressionNet()
+    loop = helpers.make_loop(model, 8, gpu_mode="ddp", train_data=data, val_data=False)
+    loop.fit(num_epochs=2, callbacks=[SkipNonFinite()], timeout=60, **CPU_DDP)
+    # only rank 1 reads the NaN sample; both ranks must skip (rank 0 sees it through the averaged
+    # gradients): the parent's weights then equal the one-process run's, which skipped the same updates
+    for p, q in zip(model.parameters(), single.parameters()):
+        assert torch.isfinite(p).all()
+        assert torch.allclose(p, q, atol=1e-5)
