@@ -172,3 +172,11 @@ def paired(build: Callable[[], tuple], hand: Callable, arm: Callable, warm: Call
             "hand_cpu_seconds": (timers[0].cpu_seconds + timers[2].cpu_seconds) / 2,
             "hand_seconds": (timers[0].seconds + timers[2].seconds) / 2,
             "checksum": checksum(models[1]), "hand_checksum": checksum(models[0])}
+
+
+def quartile_spread(values) -> dict:
+    """Median, quartiles, min and max of ``values``, rounded to 0.01 (the in-process harnesses' summary)."""
+    import statistics
+    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return {"median": round(med, 2), "q1": round(q1, 2), "q3": round(q3, 2),
+            "min": round(min(values), 2), "max": round(max(values), 2)}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import statistics
 import time
 
 from bench import common
@@ -101,15 +100,10 @@ def measure(rounds: int = 30, p: dict = None) -> dict:
             diffs["wall"].append((times[aitoolbox_run][1] - times[hand_run][1]) / p["steps"] * 1e6)
             diffs["noise_cpu"].append((times[_hand_again][0] - times[hand_run][0]) / p["steps"] * 1e6)
     hand_us = times[hand_run][0] / p["steps"] * 1e6
-    return {"cpu_us_per_step": _spread(diffs["cpu"]), "wall_us_per_step": _spread(diffs["wall"]),
-            "noise_floor_cpu_us_per_step": _spread(diffs["noise_cpu"]),
+    return {"cpu_us_per_step": common.quartile_spread(diffs["cpu"]),
+            "wall_us_per_step": common.quartile_spread(diffs["wall"]),
+            "noise_floor_cpu_us_per_step": common.quartile_spread(diffs["noise_cpu"]),
             "hand_cpu_us_per_step_last_round": round(hand_us, 1), "rounds": rounds, **p}
-
-
-def _spread(values) -> dict:
-    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return {"median": round(med, 2), "q1": round(q1, 2), "q3": round(q3, 2),
-            "min": round(min(values), 2), "max": round(max(values), 2)}
 
 
 def main() -> None:

@@ -28,7 +28,6 @@ import argparse
 import importlib
 import json
 import shutil
-import statistics
 import tempfile
 import time
 
@@ -194,16 +193,11 @@ def measure(rounds: int = 20, p: dict = None) -> dict:
             diffs["marginal"].append((growth["logged"] - growth["plain"]) / n * 1e6)
             diffs["noise_marginal"].append((growth["plain2"] - growth["plain"]) / n * 1e6)
             diffs["whole"].append((times["logged"][1] - times["plain"][1]) / (2 * n) * 1e6)
-    return {"hook_us_per_step": _spread(diffs["hooks"]), "per_step_us": _spread(diffs["marginal"]),
-            "whole_fit_per_step_us": _spread(diffs["whole"]),
-            "noise_floor_per_step_us": _spread(diffs["noise_marginal"]),
+    return {"hook_us_per_step": common.quartile_spread(diffs["hooks"]),
+            "per_step_us": common.quartile_spread(diffs["marginal"]),
+            "whole_fit_per_step_us": common.quartile_spread(diffs["whole"]),
+            "noise_floor_per_step_us": common.quartile_spread(diffs["noise_marginal"]),
             "plain_cpu_us_per_step_last_round": round(times["plain"][1] / (2 * n) * 1e6, 1), "rounds": rounds, **p}
-
-
-def _spread(values) -> dict:
-    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return {"median": round(med, 2), "q1": round(q1, 2), "q3": round(q3, 2),
-            "min": round(min(values), 2), "max": round(max(values), 2)}
 
 
 def main() -> None:
