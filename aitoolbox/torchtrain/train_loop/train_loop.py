@@ -151,19 +151,7 @@ class TrainLoop:
         self.quiet = bool(quiet)
         #: where the progress display writes (None: ``sys.stderr``); a bar on a terminal, else lines
         self.progress_stream = None
-
-        self.strategy = make_strategy(gpu_mode, cuda_device_idx)
-        self.device = self.strategy.device
-        self.module, self.feed_def = split_model(model)
-        self.feed = self.strategy.setup_model(self.module, self.feed_def)
-        self.amp_handler = AmpHandler(use_amp, self.device)
-        self.strategy.setup_precision(self.amp_handler, self.module)
-        self.optimizers = (list(optimizer) if isinstance(optimizer, MultiOptimizer)
-                           else [] if optimizer is None else [optimizer])
-        self._optimizer_indices = range(len(self.optimizers))
-        # A MultiOptimizer subclass's own step / zero_grad is called instead of ours.
-        self._user_optimizer_step = _overrides(optimizer, MultiOptimizer, "step")
-        self._user_zero_grad = _overrides(optimizer, MultiOptimizer, "zero_grad")
+        self._init_device_and_optimizers()
 
         self.train_history = TrainingHistory(has_validation=validation_loader is not None)
         self.callbacks_handler = CallbacksHandler(self)
@@ -172,6 +160,22 @@ class TrainLoop:
         self.logger = get_logger()
         self._init_progress_state()
         self._init_compat_attributes(use_amp)
+
+    def _init_device_and_optimizers(self) -> None:
+        """The device strategy, the model as it runs there, the AMP handler and the optimizer list."""
+        self.strategy = make_strategy(self.gpu_mode, self.cuda_device_idx)
+        self.device = self.strategy.device
+        self.module, self.feed_def = split_model(self.model)
+        self.feed = self.strategy.setup_model(self.module, self.feed_def)
+        self.amp_handler = AmpHandler(self.use_amp, self.device)
+        self.strategy.setup_precision(self.amp_handler, self.module)
+        optimizer = self.optimizer
+        self.optimizers = (list(optimizer) if isinstance(optimizer, MultiOptimizer)
+                           else [] if optimizer is None else [optimizer])
+        self._optimizer_indices = range(len(self.optimizers))
+        # A MultiOptimizer subclass's own step / zero_grad is called instead of ours.
+        self._user_optimizer_step = _overrides(optimizer, MultiOptimizer, "step")
+        self._user_zero_grad = _overrides(optimizer, MultiOptimizer, "zero_grad")
 
     def _init_compat_attributes(self, use_amp) -> None:
         """aitoolbox 1.8's attributes that callbacks written for it read (none is on the hot path)."""
