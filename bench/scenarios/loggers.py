@@ -101,18 +101,23 @@ def timed_empty_callback():
 LAST_HOOK_SECONDS = {"logged": [], "empty": []}  # CPU seconds in the timed hooks of each run in this process
 
 
-def logged_run(model, train_loader, opt, crit) -> None:
-    """The same ``fit`` logging every step to CSV and TensorBoard (files in a fresh temporary folder)."""
+def logged_run(model, train_loader, opt, crit, timed: bool = True) -> None:
+    """The same ``fit`` logging every step to CSV and TensorBoard (files in a fresh temporary folder).
+
+    ``timed``: the callback times its own hooks (``hook_us_per_step``); ``bench.instructions``
+    counts the plain ``LoggerCallback`` instead."""
     from aitoolbox import TrainLoop
     from aitoolbox.experiment.loggers.csv_logger import CSVLogger
     from aitoolbox.experiment.loggers.tensorboard_logger import TensorBoardLogger
+    from aitoolbox.torchtrain.callbacks.loggers import LoggerCallback
     folder = tempfile.mkdtemp(prefix="aitoolbox_bench_loggers_")
     try:
-        callback = timed_callback_class()([CSVLogger(f"{folder}/csv"), TensorBoardLogger(f"{folder}/tb")],
-                                          log_every_n_steps=1)
+        callback = (timed_callback_class() if timed else LoggerCallback)(
+            [CSVLogger(f"{folder}/csv"), TensorBoardLogger(f"{folder}/tb")], log_every_n_steps=1)
         TrainLoop(model, train_loader, None, None, opt, crit, end_auto_eval=False,
                   show_progress=False, quiet=True).fit(num_epochs=1, callbacks=[callback])
-        LAST_HOOK_SECONDS["logged"].append(callback.spent)
+        if timed:
+            LAST_HOOK_SECONDS["logged"].append(callback.spent)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -10,6 +10,7 @@ from typing import Dict, Optional
 import torch
 
 from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
+from aitoolbox.torchtrain.train_loop.components.loss_values import losses_to_floats
 from aitoolbox.utils.log import get_logger
 
 
@@ -150,14 +151,11 @@ class EpochProgress:
     def running_loss(self) -> Optional[float]:
         """Mean of this epoch's batch losses so far (a ``MultiLoss``: of its totals), or None."""
         losses = self.loop.loss_batch_accum
+        if losses and isinstance(losses[0], torch.Tensor):  # the loop's floats, each converted once
+            return self.loop._loss_values.mean(losses)
         new = losses[self._num_losses:]
-        if new:
-            if not isinstance(new[0], torch.Tensor):  # MultiLoss
-                new = [loss.total().detach() for loss in new]
-            if new[0].device.type == "cpu":  # about 0.2 µs a loss
-                self._loss_sum += sum(map(float, new))
-            else:  # one device-to-host copy
-                self._loss_sum += float(torch.stack(new).sum(dtype=torch.float64))
+        if new:  # MultiLoss
+            self._loss_sum += math.fsum(losses_to_floats([loss.total().detach() for loss in new]))
             self._num_losses = len(losses)
         return self._loss_sum / self._num_losses if self._num_losses else None
 

@@ -34,6 +34,7 @@ from aitoolbox.torchtrain.train_loop.components.prediction_store import Predicti
 from aitoolbox.torchtrain.train_loop.components import validation
 from aitoolbox.torchtrain.train_loop.components import loss_weighting as weighting
 from aitoolbox.torchtrain.train_loop.components.streams import StreamState, has_length
+from aitoolbox.torchtrain.train_loop.components.loss_values import LossValues, losses_to_floats, mean_of_floats
 from aitoolbox.torchtrain.train_loop.components.evaluation import (
     batch_size_of, loss_terms, merge_metadata, rng_fork, weighted_sum)
 from aitoolbox.torchtrain.callbacks.progress import format_duration, format_value
@@ -200,6 +201,7 @@ class TrainLoop:
         self._stop_request: Optional[int] = None  # the stop signal every rank agreed on (see preemption.py)
         self._stop_control = None  # the registered StopOnSignal callback, if any
         self.loss_batch_accum: List = []
+        self._loss_values = LossValues()  # their floats, converted once (progress display, epoch mean)
         self.loss_weight_accum: List = []  # the batches' weights ('samples' / 'tokens' weighting)
         # Chosen once per fit: the state of a length-less train loader (else None) and the
         # weighted accumulation (else None: the plain per-batch path).
@@ -606,6 +608,10 @@ class TrainLoop:
             # 'samples' / 'tokens': the weighted mean over the epoch's batches on all ranks
             loss_sum, weight = weighting.weighted_mean(self.loss_batch_accum, self.loss_weight_accum)
             return self.strategy.mean_over_ranks(loss_sum) / self.strategy.mean_over_ranks(weight)
+        if isinstance(self.loss_batch_accum[0], torch.Tensor):  # floats the progress display converted already
+            mean = self._loss_values.mean(self.loss_batch_accum)
+            return self.strategy.mean_over_ranks(
+                torch.tensor(mean, dtype=torch.float64, device=self.loss_batch_accum[0].device))
         return self.strategy.mean_over_ranks(self.parse_loss(self.loss_batch_accum))
 
     def _auto_eval_enabled(self, epoch: Optional[int] = None) -> bool:
@@ -655,6 +661,8 @@ class TrainLoop:
         if isinstance(loss_record[0], MultiLoss):
             return MultiLoss({name: self.parse_loss([loss[name] for loss in loss_record])
                               for name in loss_record[0]}, loss_record[0].loss_optimizer_map)
+        if loss_record[0].device.type == "cpu":  # floats: cheaper than stacking 0-d tensors
+            return torch.tensor(mean_of_floats(losses_to_floats(loss_record)), dtype=torch.float64)
         return torch.stack(loss_record).double().mean()
 
     @staticmethod
