@@ -342,9 +342,12 @@ class S3Uploader(CloudUploader):
     def _redact(self, text: str) -> str:
         return _redact(text)
 
+    def endpoint(self) -> str:
+        return str((self._s3_client or get_s3_client()).meta.endpoint_url)
+
 
 def create_uploader(bucket_name: str, *, retry_interval: float = 1.0, max_retry_interval: float = 30.0,
-                    client_max_attempts: Optional[int] = None) -> S3Uploader:
+                    client_max_attempts: Optional[int] = None, summary_interval: float = 60.0) -> S3Uploader:
     """The background uploader the experiment store uses for an S3 bucket.
 
     Args:
@@ -352,9 +355,12 @@ def create_uploader(bucket_name: str, *, retry_interval: float = 1.0, max_retry_
         retry_interval: Seconds before the first retry of a failed job.
         max_retry_interval: Upper bound in seconds for the backoff between retries.
         client_max_attempts: Attempts per request inside one try (botocore retries).
+        summary_interval: Seconds between two summary lines of an outage.
 
     Returns:
         An :class:`S3Uploader` that retries forever.
     """
-    return S3Uploader(bucket_name, retry_interval=retry_interval, max_retry_interval=max_retry_interval,
-                      s3_client=get_s3_client(max_attempts=client_max_attempts))
+    uploader = S3Uploader(bucket_name, retry_interval=retry_interval, max_retry_interval=max_retry_interval,
+                          s3_client=get_s3_client(max_attempts=client_max_attempts))
+    uploader.summary_interval = summary_interval
+    return uploader

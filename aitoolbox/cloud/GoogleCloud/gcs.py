@@ -326,9 +326,12 @@ class GCSUploader(CloudUploader):
     def _delete(self, key: str) -> None:
         delete_key(self.bucket_name, key, gcs_client=self._gcs_client or get_gcs_client(), retry=None)
 
+    def endpoint(self) -> str:
+        return _endpoint(self._gcs_client)
+
 
 def create_uploader(bucket_name: str, *, retry_interval: float = 1.0, max_retry_interval: float = 30.0,
-                    client_max_attempts: Optional[int] = None) -> GCSUploader:
+                    client_max_attempts: Optional[int] = None, summary_interval: float = 60.0) -> GCSUploader:
     """The background uploader the experiment store uses for a GCS bucket.
 
     Args:
@@ -336,9 +339,12 @@ def create_uploader(bucket_name: str, *, retry_interval: float = 1.0, max_retry_
         retry_interval: Seconds before the first retry of a failed job.
         max_retry_interval: Upper bound in seconds for the backoff between retries.
         client_max_attempts: Accepted for symmetry with S3; each GCS try is one request.
+        summary_interval: Seconds between two summary lines of an outage.
 
     Returns:
         A :class:`GCSUploader` that retries forever.
     """
     del client_max_attempts
-    return GCSUploader(bucket_name, retry_interval=retry_interval, max_retry_interval=max_retry_interval)
+    uploader = GCSUploader(bucket_name, retry_interval=retry_interval, max_retry_interval=max_retry_interval)
+    uploader.summary_interval = summary_interval
+    return uploader
