@@ -175,6 +175,20 @@ class ExperimentStore:
         scheme = self.cloud.scheme if self.uses_cloud else "s3://"
         return f"{scheme}{self.bucket_name}/{self.cloud_key(local_path)}"
 
+    def cloud_runs(self) -> List[str]:
+        """Timestamps of this experiment's runs in the bucket (``<experiment_name>_<timestamp>``
+        under ``<cloud_dir_prefix>/<project>/``), newest first; empty for a local-only store."""
+        if not self.uses_cloud:
+            return []
+        base = "/".join(part for part in (self.cloud_dir_prefix, self.folder.project_name) if part)
+        keys = self.cloud.list_keys(self.bucket_name, f"{base}/{self.folder.experiment_name}_")
+        return self.folder.runs_among({key[len(base) + 1:].split("/")[0] for key in keys})
+
+    def cloud_run_uri(self, timestamp: str, *parts: str) -> str:
+        """The bucket URI of ``parts`` in the run ``<experiment_name>_<timestamp>`` of this experiment."""
+        base = [self.cloud_dir_prefix, self.folder.project_name, f"{self.folder.experiment_name}_{timestamp}"]
+        return self.cloud.uri(self.bucket_name, "/".join(part for part in [*base, *parts] if part))
+
     # The S3-era names, kept for existing code.
     s3_prefix = cloud_prefix
     s3_key = cloud_key

@@ -307,6 +307,7 @@ class GCSUploader(CloudUploader):
         max_retry_interval: Upper bound in seconds for the backoff between retries.
         gcs_client: Client to use; defaults to :func:`get_gcs_client`.
         timeout: Seconds one HTTP request may take.
+        summary_interval: Seconds between two summary lines of an outage.
     """
 
     label = "GCS"
@@ -314,10 +315,10 @@ class GCSUploader(CloudUploader):
 
     def __init__(self, bucket_name: str, max_retries: Optional[int] = None, retry_interval: float = 1.0,
                  max_retry_interval: float = 30.0, *, gcs_client: Any = None,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, summary_interval: float = 60.0) -> None:
         self._gcs_client = gcs_client
         self.timeout = timeout
-        super().__init__(bucket_name, max_retries, retry_interval, max_retry_interval)
+        super().__init__(bucket_name, max_retries, retry_interval, max_retry_interval, summary_interval)
 
     def _upload(self, local_path: str, key: str) -> None:
         upload_file(local_path, self.bucket_name, key, gcs_client=self._gcs_client or get_gcs_client(),
@@ -345,6 +346,5 @@ def create_uploader(bucket_name: str, *, retry_interval: float = 1.0, max_retry_
         A :class:`GCSUploader` that retries forever.
     """
     del client_max_attempts
-    uploader = GCSUploader(bucket_name, retry_interval=retry_interval, max_retry_interval=max_retry_interval)
-    uploader.summary_interval = summary_interval
-    return uploader
+    return GCSUploader(bucket_name, retry_interval=retry_interval, max_retry_interval=max_retry_interval,
+                       summary_interval=summary_interval)

@@ -11,7 +11,8 @@ import logging
 import os
 from typing import Callable, List, Optional, Sequence, Union
 
-from aitoolbox.experiment.checkpoint_registry import find_latest_checkpoint, remove_stale_temporaries
+from aitoolbox.experiment.checkpoint_registry import (
+    fetch_latest_cloud_checkpoint, find_latest_checkpoint, remove_stale_temporaries)
 from aitoolbox.experiment.experiment_folder import CHECKPOINT_DIR
 from aitoolbox.experiment.experiment_store import ExperimentStore
 from aitoolbox.experiment.result_package.abstract_result_packages import AbstractResultPackage
@@ -64,10 +65,15 @@ class _TrackingMixin:
         The newest existing folder ``<experiment_name>_<timestamp>`` that holds a loadable
         checkpoint becomes this loop's experiment folder, stale temporary files of killed writes
         are removed from it, and its newest exact checkpoint is loaded. Without any, a new run
-        starts (in the newest existing folder of the experiment, if there is one).
+        starts (in the newest existing folder of the experiment, if there is one). With a cloud
+        mirror and no local checkpoint (a new machine), the newest run in the bucket is continued:
+        its newest complete checkpoint is downloaded into its local folder and loaded.
 
         Returns:
             The checkpoint loaded, or None.
+
+        Raises:
+            ValueError: the bucket has to be looked at and is missing or unreachable.
         """
         folder = self.experiment_store.folder
         runs = folder.existing_runs()
@@ -82,12 +88,35 @@ class _TrackingMixin:
                 logger.info("resume=True: continuing %s from %s (epoch %d, %d batches done in it).", folder.path,
                             os.path.basename(checkpoint), self.epoch + 1, self.iteration)
                 return checkpoint
+        checkpoint = self._resume_from_cloud()
+        if checkpoint is not None:
+            return checkpoint
         if runs:
             folder.reuse(runs[0])
             logger.info("resume=True: no checkpoint in %s yet; training starts from the beginning in it.", folder.path)
         else:
             logger.info("resume=True: no earlier run of experiment %r in %s; starting a new one.",
                         folder.experiment_name, os.path.join(folder.root, folder.project_name))
+        return None
+
+    def _resume_from_cloud(self) -> Optional[str]:
+        """No local checkpoint: continue the newest run in the bucket that holds a complete one."""
+        store = self.experiment_store
+        if not store.uses_cloud:
+            return None
+        store.check_cloud()
+        folder = store.folder
+        for timestamp in store.cloud_runs():
+            local_dir = os.path.join(folder.root, folder.project_name, f"{folder.experiment_name}_{timestamp}",
+                                     CHECKPOINT_DIR)
+            checkpoint = fetch_latest_cloud_checkpoint(store.cloud_run_uri(timestamp, CHECKPOINT_DIR), local_dir)
+            if checkpoint is not None:
+                folder.reuse(timestamp)
+                self.load_checkpoint(checkpoint)
+                logger.info("resume=True: no local checkpoint; continuing %s from %s, downloaded from %s (epoch %d, "
+                            "%d batches done in it).", folder.path, os.path.basename(checkpoint),
+                            store.cloud_run_uri(timestamp, CHECKPOINT_DIR), self.epoch + 1, self.iteration)
+                return checkpoint
         return None
 
     @property
