@@ -166,15 +166,22 @@ class TrainLoopCheckpoint(_TrackingMixin, TrainLoop):
         cloud_dir_prefix: key prefix inside the bucket.
         source_dirs: folders zipped into ``source_code.zip``.
         rm_subopt_local_models: False keeps every checkpoint; True keeps the best by ``loss``; a
-            metric name ranks by that metric. Local files only; the newest is always kept.
+            metric name ranks by that metric. Local files only; the newest is always kept (a
+            dropped checkpoint whose upload still waits is not uploaded, see ``docs/tracking.md``).
         num_best_checkpoints_kept: how many of the best checkpoints to keep.
         iteration_save_freq: also checkpoint every this many training batches (0: never).
         collate_batch_pred_fn, pred_transform_fn, end_auto_eval: as in :class:`TrainLoop`.
         lazy_experiment_save, print_callbacks, gpu_mode, cuda_device_idx: as in :class:`TrainLoop`.
         use_amp, show_progress, torch_compile, quiet: as in :class:`TrainLoop`.
         resume: continue the newest run of this experiment: its folder is reused and its newest
-            exact checkpoint loaded (see ``docs/fault_tolerance.md``); without one, training starts
-            from the beginning.
+            exact checkpoint loaded (see ``docs/fault_tolerance.md``); with no local checkpoint, the
+            newest run in the bucket (its newest complete checkpoint is downloaded); without one,
+            training starts from the beginning.
+
+    Attributes:
+        experiment_store: the experiment's storage; ``experiment_store.flush_timeout`` (seconds,
+            120 by default) bounds the wait for pending uploads at the end of ``fit``, after which
+            the files that did not reach the bucket are logged (``missing_files()`` lists them).
 
     Raises:
         TypeError, ValueError: an invalid argument, an unwritable folder or a missing bucket.
