@@ -250,7 +250,8 @@ class ExperimentStore:
         return local_path
 
     def remove(self, local_path: str, remove_from_cloud: bool = False) -> None:
-        """Delete a file (or a sharded checkpoint folder) of the experiment folder, and when asked its cloud copy.
+        """Delete a file (or a sharded checkpoint folder) of the experiment folder, and when asked
+        its cloud copy.
 
         The file is superseded (e.g. by the keep-N-best rule): an upload of it that has not
         happened yet is cancelled, so that local disk stays bounded while the bucket is down. The
