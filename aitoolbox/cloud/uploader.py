@@ -5,8 +5,9 @@ per-key ordering, the retries with exponential backoff, the outage log (one warn
 periodic summary, then a line when the bucket answers again), ``flush`` / ``close``,
 cancelling superseded uploads and the list of given-up jobs. A storage service supplies three
 things by subclassing it: how one file is uploaded (:meth:`CloudUploader._upload`), how one
-object is deleted (:meth:`CloudUploader._delete`), and its URI scheme. :class:`aitoolbox.cloud.AWS.s3.S3Uploader`
-and :class:`aitoolbox.cloud.GoogleCloud.gcs.GCSUploader` are those two backends.
+object is deleted (:meth:`CloudUploader._delete`), and its URI scheme.
+:class:`aitoolbox.cloud.AWS.s3.S3Uploader` and :class:`aitoolbox.cloud.GoogleCloud.gcs.GCSUploader`
+are those two backends.
 """
 from __future__ import annotations
 
