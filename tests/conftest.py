@@ -7,6 +7,7 @@ fresh bucket per test.
 """
 import logging
 import socket
+import threading
 import urllib.request
 import uuid
 
@@ -142,6 +143,32 @@ def create_bucket(s3_endpoint_url):
     def _create(name: str) -> None:
         _raw_s3_client(s3_endpoint_url).create_bucket(Bucket=name)
     return _create
+
+
+@pytest.fixture
+def black_hole():
+    """A TCP server that accepts connections and never sends a byte."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held, stop = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                pass
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    for conn in held:
+        conn.close()
+    server.close()
+
 
 
 # --------------------------------------------------------------------------- Google Cloud Storage

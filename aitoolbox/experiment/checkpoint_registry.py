@@ -211,7 +211,9 @@ def find_latest_checkpoint(folder: Union[str, os.PathLike]) -> Optional[str]:
     flagged as not exact when an exact one exists. The newest by progress (batches done; then
     epoch end, then crash) wins; ``checkpoints.json`` is not trusted for that (it can name a file
     that a killed run deleted). Files of another format rank by modification time. A folder
-    holding only aitoolbox 1.8 checkpoints (``*_E<n>.pth``) yields the newest of them.
+    holding only aitoolbox 1.8 checkpoints (``*_E<n>.pth``) yields the newest of them. The
+    experiment's bucket is not looked at: :func:`fetch_latest_cloud_checkpoint` downloads the
+    newest checkpoint from there (``resume=True`` does so when the local folder has none).
     """
     folder = checkpoint_folder_of(folder)
     files = sorted(p for p in glob.glob(os.path.join(folder, "*.pt"))
@@ -264,6 +266,100 @@ def _checksums_ok(path: str) -> bool:
                        path)
         return False
     return True
+
+
+# ---------------------------------------------------------------------- the bucket as a fallback
+#: this aitoolbox's checkpoint names: kind and the number in the name (epochs or batches done)
+_CHECKPOINT_NAME = re.compile(r"^model_(epoch|iteration|crash_iteration)_(\d+)\.pt$")
+
+
+def fetch_latest_cloud_checkpoint(uri: str, folder: Union[str, os.PathLike]) -> Optional[str]:
+    """Download the newest complete checkpoint of a ``checkpoint_model/`` folder in a bucket.
+
+    The fallback of :func:`find_latest_checkpoint` on a machine whose local folder holds no
+    checkpoint. ``uri`` is the folder's bucket URI (``s3://bucket/<prefix>/<project>/
+    <experiment>_<timestamp>/checkpoint_model``, or ``gs://...``). The ``*.pt`` objects are
+    ranked as the local lookup ranks files, from what the bucket says without a download: the
+    ``checkpoints.json`` the run uploaded (batches done, kind, exact resume point), else the file
+    name and upload time. They are downloaded one at a time (atomically) into ``folder`` and
+    checked as the local lookup checks a file: it loads and its CRC-32 checksums verify. One that
+    fails is deleted again (with a warning) and the next is tried; an exact resume point is
+    preferred to a crash checkpoint flagged as not exact. Sharded (``gpu_mode='fsdp'``)
+    checkpoint folders in the bucket are not fetched.
+
+    Args:
+        uri: the bucket URI of a ``checkpoint_model/`` folder.
+        folder: the local folder that receives the checkpoint (created when needed).
+
+    Returns:
+        The local path of the downloaded checkpoint; None when the bucket holds none that passes.
+
+    Raises:
+        ValueError: ``uri`` is not an ``s3://`` or ``gs://`` URI.
+    """
+    from aitoolbox.cloud.backends import backend_for_uri
+
+    cloud = backend_for_uri(uri)
+    if cloud is None:
+        raise ValueError(f"uri must be an s3:// or gs:// URI of a checkpoint_model/ folder, got {uri!r}.")
+    bucket, prefix = cloud.parse_uri(uri)
+    prefix = prefix.rstrip("/")
+    folder = os.path.abspath(os.path.expanduser(os.fspath(folder)))
+    fallback = None
+    for name, key in _ranked_cloud_checkpoints(cloud, bucket, prefix):
+        path = os.path.join(folder, name)
+        os.makedirs(folder, exist_ok=True)
+        cloud.download_file(bucket, key, path)
+        info = inspect_checkpoint(path)
+        if info is None or not _checksums_ok(path):
+            logger.warning("Skipped the checkpoint %s in the bucket: it does not load or fails its checksums.",
+                           cloud.uri(bucket, key))
+            os.remove(path)
+        elif info["exact"]:
+            if fallback is not None:
+                os.remove(fallback)
+            return path
+        elif fallback is None:
+            fallback = path  # not exact: used only when no exact one passes
+        else:
+            os.remove(path)
+    return fallback
+
+
+def _ranked_cloud_checkpoints(cloud, bucket: str, prefix: str) -> List[tuple]:
+    """``(file name, key)`` of the checkpoint files under ``prefix/``, the likely resume point first."""
+    objects = {key[len(prefix) + 1:]: (key, mtime) for key, mtime in cloud.list_objects(bucket, prefix + "/")}
+    described = {entry["file"]: entry for entry in _cloud_manifest(cloud, bucket, objects.get(MANIFEST_FILE))}
+
+    def rank(name: str) -> tuple:
+        entry = described.get(name, {})
+        match = _CHECKPOINT_NAME.match(name)
+        kind = entry.get("kind") or (match.group(1).replace("crash_iteration", "crash") if match else "epoch")
+        total = entry.get("total_iteration")
+        if not isinstance(total, int) and match and kind != "epoch":
+            total = int(match.group(2))  # the batches done are in the name; epochs done are not
+        exact = bool(entry.get("exact_resume", kind != "crash"))
+        return exact, isinstance(total, int), total if isinstance(total, int) else 0, KIND_ORDER.get(kind, 0), \
+            objects[name][1]
+
+    names = [name for name in objects if name.endswith(".pt") and "/" not in name]
+    return [(name, objects[name][0]) for name in sorted(names, key=rank, reverse=True)]
+
+
+def _cloud_manifest(cloud, bucket: str, manifest: Optional[tuple]) -> List[Dict[str, Any]]:
+    """The entries of a ``checkpoints.json`` in the bucket (``(key, mtime)``); none when absent or unreadable."""
+    import tempfile
+
+    if manifest is None:
+        return []
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        try:
+            cloud.download_file(bucket, manifest[0], os.path.join(tmp_dir, MANIFEST_FILE))
+        except Exception as error:  # ranking then falls back on the names
+            logger.warning("Could not read %s: %s", cloud.uri(bucket, manifest[0]), error)
+            return []
+        found = read_manifest(tmp_dir)
+    return found["checkpoints"] if found else []
 
 
 #: aitoolbox 1.8's checkpoint names: ``model_<experiment>_<timestamp>_E<epoch>[_ITER<iteration>].pth``

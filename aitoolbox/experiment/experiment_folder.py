@@ -188,12 +188,19 @@ class ExperimentFolder:
         """Timestamps of the existing folders of this experiment (``<experiment_name>_<timestamp>``
         under the project folder), newest first."""
         project = os.path.join(self.root, self.project_name)
+        names = [name for name in (os.listdir(project) if os.path.isdir(project) else [])
+                 if os.path.isdir(os.path.join(project, name))]
+        return self.runs_among(names)
+
+    def runs_among(self, folder_names) -> list:
+        """The timestamps of the folder names that are runs of this experiment
+        (``<experiment_name>_<timestamp>[_<n>]``), newest first, each once."""
         pattern = re.compile(re.escape(self.experiment_name) + r"_(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)(?:_(\d+))?$")
-        found = []
-        for name in (os.listdir(project) if os.path.isdir(project) else []):
+        found = set()
+        for name in folder_names:
             match = pattern.match(name)
-            if match and os.path.isdir(os.path.join(project, name)):
-                found.append(((match.group(1), int(match.group(2) or 0)), name[len(self.experiment_name) + 1:]))
+            if match:
+                found.add(((match.group(1), int(match.group(2) or 0)), name[len(self.experiment_name) + 1:]))
         return [timestamp for _, timestamp in sorted(found, reverse=True)]
 
     def reuse(self, timestamp: str) -> str:

@@ -5,9 +5,12 @@ upload to ``<scheme>://<bucket>/<cloud_dir_prefix>/<project>/<experiment>_<times
 on S3 (``s3://``) or Google Cloud Storage (``gs://``), the backends of
 :mod:`aitoolbox.cloud.backends`. Uploads run on a background thread
 (:class:`~aitoolbox.cloud.uploader.CloudUploader`): training never waits for the cloud, failed
-uploads are retried (and logged) without ever raising into training, and the local copy always
-stays. :meth:`ExperimentStore.finish_run` waits - for a bounded time - for the
-queue to drain at the end of ``fit``.
+uploads are retried (an outage is logged once, then summarised) without ever raising into
+training, and a file stays on local disk until the run deletes it: a checkpoint that the
+keep-N-best rule drops is deleted locally at once, its upload cancelled if it has not happened
+yet, so an outage does not fill the disk. :meth:`ExperimentStore.finish_run` waits - for a
+bounded time, ``flush_timeout`` - for the queue to drain at the end of ``fit`` and logs the files
+that did not reach the bucket.
 """
 from __future__ import annotations
 
@@ -62,10 +65,12 @@ class ExperimentStore:
 
     Class attributes, the defaults of every store (change them on the class or an instance):
 
-    - ``flush_timeout``: seconds ``finish_run`` waits at most for pending uploads.
+    - ``flush_timeout``: seconds the end of ``fit`` (:meth:`finish_run`, all savers together) and
+      :meth:`close` wait at most for pending uploads; the files still pending then are logged.
     - ``retry_interval`` / ``max_retry_interval``: backoff of failed uploads (seconds).
     - ``client_max_attempts``: attempts per S3 request inside one upload try (botocore retries;
       a GCS try is always one request).
+    - ``upload_summary_interval``: seconds between two summary lines while the bucket fails.
 
     Args:
         project_name: project folder name.
@@ -88,6 +93,7 @@ class ExperimentStore:
     retry_interval: float = 1.0
     max_retry_interval: float = 30.0
     client_max_attempts: Optional[int] = 2
+    upload_summary_interval: float = 60.0
 
     def __init__(self, project_name: str, experiment_name: str,
                  local_model_result_folder_path: Union[str, os.PathLike], hyperparams: Any,
@@ -108,6 +114,7 @@ class ExperimentStore:
         self._lock = threading.RLock()
         self._deferred_removals: List[str] = []
         self._flush_deadline: Optional[float] = None
+        self._reported_missing: Optional[List[str]] = None
 
     def check_cloud(self) -> None:
         """Check once that the bucket exists and answers (at the start of ``fit``, before any work;
@@ -167,6 +174,20 @@ class ExperimentStore:
         """``s3://bucket/key`` or ``gs://bucket/key`` of ``local_path``'s mirror."""
         scheme = self.cloud.scheme if self.uses_cloud else "s3://"
         return f"{scheme}{self.bucket_name}/{self.cloud_key(local_path)}"
+
+    def cloud_runs(self) -> List[str]:
+        """Timestamps of this experiment's runs in the bucket (``<experiment_name>_<timestamp>``
+        under ``<cloud_dir_prefix>/<project>/``), newest first; empty for a local-only store."""
+        if not self.uses_cloud:
+            return []
+        base = "/".join(part for part in (self.cloud_dir_prefix, self.folder.project_name) if part)
+        keys = self.cloud.list_keys(self.bucket_name, f"{base}/{self.folder.experiment_name}_")
+        return self.folder.runs_among({key[len(base) + 1:].split("/")[0] for key in keys})
+
+    def cloud_run_uri(self, timestamp: str, *parts: str) -> str:
+        """The bucket URI of ``parts`` in the run ``<experiment_name>_<timestamp>`` of this experiment."""
+        base = [self.cloud_dir_prefix, self.folder.project_name, f"{self.folder.experiment_name}_{timestamp}"]
+        return self.cloud.uri(self.bucket_name, "/".join(part for part in [*base, *parts] if part))
 
     # The S3-era names, kept for existing code.
     s3_prefix = cloud_prefix
@@ -229,10 +250,13 @@ class ExperimentStore:
         return local_path
 
     def remove(self, local_path: str, remove_from_cloud: bool = False) -> None:
-        """Delete a file of the experiment folder (and, when asked, its cloud copy).
+        """Delete a file (or a sharded checkpoint folder) of the experiment folder, and when asked
+        its cloud copy.
 
-        A local file whose upload is still pending is deleted only once it has been uploaded, so
-        that the cloud copy is never lost.
+        The file is superseded (e.g. by the keep-N-best rule): an upload of it that has not
+        happened yet is cancelled, so that local disk stays bounded while the bucket is down. The
+        file is deleted at once, or - when its upload is being read right now - as soon as that
+        attempt ends (at the next write or wait of this store).
         """
         with self._lock:
             self._deferred_removals.append(local_path)
@@ -243,11 +267,11 @@ class ExperimentStore:
 
     def _process_deferred_removals(self) -> None:
         with self._lock:
-            pending = set(self._uploader.pending_keys()) if self._uploader is not None else set()
             keep = []
             for path in self._deferred_removals:
-                if self.uses_cloud and any(self.cloud_key(p) in pending for p in _files_under(path)):
-                    keep.append(path)
+                keys = [self.cloud_key(p) for p in _files_under(path)]
+                if self._uploader is not None and self._uploader.cancel_uploads(keys):
+                    keep.append(path)  # an attempt is reading it now: deleted when it ends
                 elif os.path.isdir(path):
                     shutil.rmtree(path, ignore_errors=True)
                 elif os.path.exists(path):
@@ -260,7 +284,8 @@ class ExperimentStore:
                 self._uploader = self.cloud.create_uploader(
                     self.bucket_name, retry_interval=self.retry_interval,
                     max_retry_interval=self.max_retry_interval,
-                    client_max_attempts=self.client_max_attempts)
+                    client_max_attempts=self.client_max_attempts,
+                    summary_interval=self.upload_summary_interval)
             return self._uploader
 
     # ------------------------------------------------------------------ end of run
@@ -268,18 +293,29 @@ class ExperimentStore:
         """Keys whose upload (or deletion) is not done yet."""
         return [] if self._uploader is None else self._uploader.pending_keys()
 
+    def missing_files(self) -> List[str]:
+        """The files (relative to the experiment folder) whose upload has not succeeded: still
+        pending, or given up. Empty for a local-only store."""
+        if self._uploader is None:
+            return []
+        keys = self._uploader.pending_upload_keys() + self._uploader.failed_keys()
+        prefix = self.cloud_prefix + "/"
+        return sorted({key[len(prefix):] if key.startswith(prefix) else key for key in keys})
+
     def start_run(self) -> None:
         """Mark the start of a ``fit`` (the bucket is checked, see :meth:`check_cloud`): the next
         :meth:`finish_run` opens a new wait budget."""
         self.check_cloud()
         self._flush_deadline = None
+        self._reported_missing = None
 
     def finish_run(self, max_wait: Optional[float] = None) -> bool:
         """Wait for the uploads of this run, at most ``flush_timeout`` seconds over all callers.
 
         Several savers call it at the end of ``fit``; together they wait no longer than one
-        ``flush_timeout``. Uploads still pending are logged and keep being retried in the
-        background; the local copies stay complete.
+        ``flush_timeout``. The files still pending then are logged by name (once per run, again
+        only when the list changes); they keep being retried in the background and the local
+        copies stay complete.
 
         Args:
             max_wait: wait at most this many seconds from now (a stop signal's bound), and no
@@ -293,23 +329,55 @@ class ExperimentStore:
             self._flush_deadline = now + self.flush_timeout
         if max_wait is not None:
             self._flush_deadline = min(self._flush_deadline, now + max(float(max_wait), 0.0))
-        return self.flush(max(self._flush_deadline - time.monotonic(), 0.0))
+        wait = f"the end-of-run upload wait (flush_timeout={self.flush_timeout:g}s)"
+        return self._flush(max(self._flush_deadline - time.monotonic(), 0.0), wait)
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait up to ``timeout`` seconds (None: without limit) for every queued upload.
 
+        When uploads are still pending after it (or were given up), the files that did not reach
+        the bucket are logged by name (not again while that list stays the same).
+
         Returns:
             True when nothing is pending any more.
         """
+        return self._flush(timeout, "the wait" if timeout is None else f"{timeout:g}s")
+
+    def _flush(self, timeout: Optional[float], wait: str) -> bool:
         if self._uploader is None:
             self._process_deferred_removals()
             return True
-        done = self._uploader.flush(timeout)
+        done = self._uploader.flush(timeout, report=False)
         self._process_deferred_removals()
         if not done:
-            logger.warning("%d %s upload(s) of experiment %s still pending; they keep being retried in "
-                           "the background and the local copies are complete.",
-                           len(self.pending_uploads()), self.cloud.label, self.folder.name)
+            self._report_missing(wait)
+        return done
+
+    def _report_missing(self, wait: str) -> None:
+        missing = self.missing_files()
+        if missing == self._reported_missing or not missing:
+            return
+        self._reported_missing = missing
+        logger.warning("%d file(s) of experiment %s did not reach %s within %s and are still pending: %s. "
+                       "They are complete on local disk and keep being retried in the background while the "
+                       "process lives (experiment_store.flush(timeout) waits again).", len(missing),
+                       self.folder.name, self.cloud.uri(self.bucket_name, self.cloud_prefix + "/"), wait,
+                       ", ".join(missing))
+
+    def close(self, timeout: Optional[float] = None) -> bool:
+        """Wait for the pending uploads (at most ``timeout`` seconds, default ``flush_timeout``), log
+        the files that did not reach the bucket, and stop the upload thread (pending uploads are
+        dropped; the local copies stay). The store can be used again afterwards (a new thread).
+
+        Returns:
+            True when every upload reached the cloud (always True locally).
+        """
+        timeout = self.flush_timeout if timeout is None else timeout
+        done = self._flush(timeout, f"the {timeout:g}s wait at close")
+        with self._lock:
+            uploader, self._uploader = self._uploader, None
+        if uploader is not None:
+            uploader.close(timeout=0, report=False)
         return done
 
     def __getstate__(self) -> Dict[str, Any]:

@@ -74,7 +74,7 @@ def test_both_uploaders_share_one_mechanism():
 
     assert issubclass(GCSUploader, CloudUploader) and issubclass(S3Uploader, CloudUploader)
     own = {name for name in vars(GCSUploader) if not name.startswith("__")}
-    assert own <= {"label", "scheme", "_upload", "_delete"}  # the queue, retries, flush are inherited
+    assert own <= {"label", "scheme", "_upload", "_delete", "endpoint"}  # the queue, retries, flush are inherited
 
 
 def test_import_loads_no_google_library():

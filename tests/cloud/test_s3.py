@@ -3,6 +3,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -220,3 +221,78 @@ def test_credentials_never_logged(s3_endpoint_url, tmp_path, caplog, monkeypatch
         assert key_id not in text
         assert secret not in text
     assert "AKIAXXXX" not in caplog.text
+
+
+# ------------------------------------------------------------------ outages: log once, summarise, stay bounded
+def _uploader_records(caplog, level=logging.WARNING):
+    return [r for r in caplog.records if r.name == "aitoolbox.cloud.uploader" and r.levelno >= level]
+
+
+@pytest.mark.timeout(60)
+def test_outage_is_logged_once_then_summarised_then_recovered(moto_server, s3_bucket, tmp_path, caplog):
+    paths = {f"ckpt/e{i}.pt": _write(tmp_path / f"e{i}.pt", os.urandom(100)) for i in range(5)}
+    uploader = _fast_uploader(s3_bucket, retry_interval=0.05, max_retry_interval=0.2, summary_interval=0.5)
+    moto_server.stop()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="aitoolbox"):
+            started = time.monotonic()
+            for key, path in paths.items():
+                uploader.upload(path, key)
+            time.sleep(2.0)
+            elapsed = time.monotonic() - started
+            lines = [r.getMessage() for r in _uploader_records(caplog)]
+            attempts = uploader.num_failed_attempts
+    finally:
+        moto_server.start()
+    first = [line for line in lines if "failed:" in line]
+    assert len(first) == 1, lines  # one warning for the outage, naming bucket, endpoint and cause
+    assert s3_bucket in first[0] and moto_server.endpoint_url in first[0] and "EndpointConnectionError" in first[0]
+    summaries = [line for line in lines if "still failing" in line]
+    assert 1 <= len(summaries) <= elapsed / 0.5 + 1, lines
+    assert all("5 job(s) pending" in line for line in summaries)
+    assert len(lines) == 1 + len(summaries)
+    # one attempt per backoff for the whole queue (not one per job): 0.05, 0.1, 0.2, 0.2, ... s
+    assert 3 <= attempts <= elapsed / 0.2 + 3, attempts
+    caplog.clear()
+    assert uploader.flush(timeout=20)
+    recovered = [r.getMessage() for r in _uploader_records(caplog)]
+    assert len(recovered) == 1 and "answers again" in recovered[0], recovered
+    assert sorted(list_keys(s3_bucket, "ckpt/")) == sorted(paths)
+    uploader.close(timeout=1)
+
+
+@pytest.mark.timeout(30)
+def test_cancelled_uploads_leave_the_queue(moto_server, s3_bucket, tmp_path):
+    uploader = _fast_uploader(s3_bucket)
+    moto_server.stop()
+    try:
+        a, b = _write(tmp_path / "a.pt", b"a"), _write(tmp_path / "b.pt", b"b")
+        uploader.upload(a, "a.pt")
+        uploader.upload(b, "b.pt")
+        uploader.upload(b, "b.pt")  # the same file again: one job, it reads the file when it runs
+        uploader.delete("a.pt")
+        assert sorted(uploader.pending_keys()) == ["a.pt", "a.pt", "b.pt"]
+        time.sleep(0.3)
+        busy = uploader.cancel_uploads(["a.pt"])
+        assert busy <= {"a.pt"}  # an attempt running now is dropped when it ends
+        assert uploader.pending_upload_keys() == ["b.pt"]
+        assert uploader.pending_keys() == ["b.pt", "a.pt"]  # the deletion stays
+    finally:
+        moto_server.start()
+    assert uploader.flush(timeout=20)
+    assert list_keys(s3_bucket) == ["b.pt"]
+    uploader.close(timeout=1)
+
+
+@pytest.mark.timeout(30)
+def test_flush_returns_in_time_while_an_attempt_hangs(black_hole, tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", black_hole)
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    uploader = S3Uploader("b", s3_client=get_s3_client(max_attempts=1))  # botocore's 60 s read timeout
+    uploader.upload(_write(tmp_path / "f.pt", b"x"), "run/f.pt")
+    started = time.monotonic()
+    assert not uploader.flush(timeout=1.0)
+    assert time.monotonic() - started < 3.0
+    assert "run/f.pt" in caplog.text and "still pending" in caplog.text

@@ -306,6 +306,8 @@ class S3Uploader(CloudUploader):
         multipart_threshold: Size in bytes from which uploads use multipart upload.
         multipart_chunksize: Part size in bytes for multipart uploads.
         s3_client: Client to use; defaults to :func:`get_s3_client`.
+        summary_interval: Seconds between two summary lines of an outage (see
+            :class:`~aitoolbox.cloud.uploader.CloudUploader`).
 
     Attributes:
         num_failed_attempts: Number of job attempts that failed so far.
@@ -325,11 +327,12 @@ class S3Uploader(CloudUploader):
         multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
         multipart_chunksize: int = DEFAULT_MULTIPART_CHUNKSIZE,
         s3_client: Any = None,
+        summary_interval: float = 60.0,
     ) -> None:
         self.multipart_threshold = multipart_threshold
         self.multipart_chunksize = multipart_chunksize
         self._s3_client = s3_client
-        super().__init__(bucket_name, max_retries, retry_interval, max_retry_interval)
+        super().__init__(bucket_name, max_retries, retry_interval, max_retry_interval, summary_interval)
 
     def _upload(self, local_path: str, key: str) -> None:
         upload_file(local_path, self.bucket_name, key, s3_client=self._s3_client or get_s3_client(),
@@ -342,9 +345,12 @@ class S3Uploader(CloudUploader):
     def _redact(self, text: str) -> str:
         return _redact(text)
 
+    def endpoint(self) -> str:
+        return str((self._s3_client or get_s3_client()).meta.endpoint_url)
+
 
 def create_uploader(bucket_name: str, *, retry_interval: float = 1.0, max_retry_interval: float = 30.0,
-                    client_max_attempts: Optional[int] = None) -> S3Uploader:
+                    client_max_attempts: Optional[int] = None, summary_interval: float = 60.0) -> S3Uploader:
     """The background uploader the experiment store uses for an S3 bucket.
 
     Args:
@@ -352,9 +358,10 @@ def create_uploader(bucket_name: str, *, retry_interval: float = 1.0, max_retry_
         retry_interval: Seconds before the first retry of a failed job.
         max_retry_interval: Upper bound in seconds for the backoff between retries.
         client_max_attempts: Attempts per request inside one try (botocore retries).
+        summary_interval: Seconds between two summary lines of an outage.
 
     Returns:
         An :class:`S3Uploader` that retries forever.
     """
     return S3Uploader(bucket_name, retry_interval=retry_interval, max_retry_interval=max_retry_interval,
-                      s3_client=get_s3_client(max_attempts=client_max_attempts))
+                      s3_client=get_s3_client(max_attempts=client_max_attempts), summary_interval=summary_interval)

@@ -307,6 +307,7 @@ class GCSUploader(CloudUploader):
         max_retry_interval: Upper bound in seconds for the backoff between retries.
         gcs_client: Client to use; defaults to :func:`get_gcs_client`.
         timeout: Seconds one HTTP request may take.
+        summary_interval: Seconds between two summary lines of an outage.
     """
 
     label = "GCS"
@@ -314,10 +315,10 @@ class GCSUploader(CloudUploader):
 
     def __init__(self, bucket_name: str, max_retries: Optional[int] = None, retry_interval: float = 1.0,
                  max_retry_interval: float = 30.0, *, gcs_client: Any = None,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, summary_interval: float = 60.0) -> None:
         self._gcs_client = gcs_client
         self.timeout = timeout
-        super().__init__(bucket_name, max_retries, retry_interval, max_retry_interval)
+        super().__init__(bucket_name, max_retries, retry_interval, max_retry_interval, summary_interval)
 
     def _upload(self, local_path: str, key: str) -> None:
         upload_file(local_path, self.bucket_name, key, gcs_client=self._gcs_client or get_gcs_client(),
@@ -326,9 +327,12 @@ class GCSUploader(CloudUploader):
     def _delete(self, key: str) -> None:
         delete_key(self.bucket_name, key, gcs_client=self._gcs_client or get_gcs_client(), retry=None)
 
+    def endpoint(self) -> str:
+        return _endpoint(self._gcs_client)
+
 
 def create_uploader(bucket_name: str, *, retry_interval: float = 1.0, max_retry_interval: float = 30.0,
-                    client_max_attempts: Optional[int] = None) -> GCSUploader:
+                    client_max_attempts: Optional[int] = None, summary_interval: float = 60.0) -> GCSUploader:
     """The background uploader the experiment store uses for a GCS bucket.
 
     Args:
@@ -336,9 +340,11 @@ def create_uploader(bucket_name: str, *, retry_interval: float = 1.0, max_retry_
         retry_interval: Seconds before the first retry of a failed job.
         max_retry_interval: Upper bound in seconds for the backoff between retries.
         client_max_attempts: Accepted for symmetry with S3; each GCS try is one request.
+        summary_interval: Seconds between two summary lines of an outage.
 
     Returns:
         A :class:`GCSUploader` that retries forever.
     """
     del client_max_attempts
-    return GCSUploader(bucket_name, retry_interval=retry_interval, max_retry_interval=max_retry_interval)
+    return GCSUploader(bucket_name, retry_interval=retry_interval, max_retry_interval=max_retry_interval,
+                       summary_interval=summary_interval)

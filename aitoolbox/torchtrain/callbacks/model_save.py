@@ -106,7 +106,9 @@ class ModelCheckpoint(AbstractExperimentCallback):
             ``num_best_checkpoints_kept`` best by the history's ``loss``; a metric name ranks by
             that metric (lower is better for losses and errors, higher otherwise). The newest
             checkpoint is always kept as the resume point. Only local files are removed: the
-            bucket keeps every checkpoint.
+            bucket keeps every checkpoint uploaded before it was superseded (a dropped
+            checkpoint whose upload is still waiting is not uploaded: local disk stays bounded
+            while the bucket is down).
         num_best_checkpoints_kept: how many of the best epoch checkpoints to keep.
         experiment_store: an existing experiment (used by tracking TrainLoops instead of the
             naming arguments).

@@ -11,7 +11,8 @@ import logging
 import os
 from typing import Callable, List, Optional, Sequence, Union
 
-from aitoolbox.experiment.checkpoint_registry import find_latest_checkpoint, remove_stale_temporaries
+from aitoolbox.experiment.checkpoint_registry import (
+    fetch_latest_cloud_checkpoint, find_latest_checkpoint, remove_stale_temporaries)
 from aitoolbox.experiment.experiment_folder import CHECKPOINT_DIR
 from aitoolbox.experiment.experiment_store import ExperimentStore
 from aitoolbox.experiment.result_package.abstract_result_packages import AbstractResultPackage
@@ -64,10 +65,15 @@ class _TrackingMixin:
         The newest existing folder ``<experiment_name>_<timestamp>`` that holds a loadable
         checkpoint becomes this loop's experiment folder, stale temporary files of killed writes
         are removed from it, and its newest exact checkpoint is loaded. Without any, a new run
-        starts (in the newest existing folder of the experiment, if there is one).
+        starts (in the newest existing folder of the experiment, if there is one). With a cloud
+        mirror and no local checkpoint (a new machine), the newest run in the bucket is continued:
+        its newest complete checkpoint is downloaded into its local folder and loaded.
 
         Returns:
             The checkpoint loaded, or None.
+
+        Raises:
+            ValueError: the bucket has to be looked at and is missing or unreachable.
         """
         folder = self.experiment_store.folder
         runs = folder.existing_runs()
@@ -82,12 +88,35 @@ class _TrackingMixin:
                 logger.info("resume=True: continuing %s from %s (epoch %d, %d batches done in it).", folder.path,
                             os.path.basename(checkpoint), self.epoch + 1, self.iteration)
                 return checkpoint
+        checkpoint = self._resume_from_cloud()
+        if checkpoint is not None:
+            return checkpoint
         if runs:
             folder.reuse(runs[0])
             logger.info("resume=True: no checkpoint in %s yet; training starts from the beginning in it.", folder.path)
         else:
             logger.info("resume=True: no earlier run of experiment %r in %s; starting a new one.",
                         folder.experiment_name, os.path.join(folder.root, folder.project_name))
+        return None
+
+    def _resume_from_cloud(self) -> Optional[str]:
+        """No local checkpoint: continue the newest run in the bucket that holds a complete one."""
+        store = self.experiment_store
+        if not store.uses_cloud:
+            return None
+        store.check_cloud()
+        folder = store.folder
+        for timestamp in store.cloud_runs():
+            local_dir = os.path.join(folder.root, folder.project_name, f"{folder.experiment_name}_{timestamp}",
+                                     CHECKPOINT_DIR)
+            checkpoint = fetch_latest_cloud_checkpoint(store.cloud_run_uri(timestamp, CHECKPOINT_DIR), local_dir)
+            if checkpoint is not None:
+                folder.reuse(timestamp)
+                self.load_checkpoint(checkpoint)
+                logger.info("resume=True: no local checkpoint; continuing %s from %s, downloaded from %s (epoch %d, "
+                            "%d batches done in it).", folder.path, os.path.basename(checkpoint),
+                            store.cloud_run_uri(timestamp, CHECKPOINT_DIR), self.epoch + 1, self.iteration)
+                return checkpoint
         return None
 
     @property
@@ -137,15 +166,22 @@ class TrainLoopCheckpoint(_TrackingMixin, TrainLoop):
         cloud_dir_prefix: key prefix inside the bucket.
         source_dirs: folders zipped into ``source_code.zip``.
         rm_subopt_local_models: False keeps every checkpoint; True keeps the best by ``loss``; a
-            metric name ranks by that metric. Local files only; the newest is always kept.
+            metric name ranks by that metric. Local files only; the newest is always kept (a
+            dropped checkpoint whose upload still waits is not uploaded, see ``docs/tracking.md``).
         num_best_checkpoints_kept: how many of the best checkpoints to keep.
         iteration_save_freq: also checkpoint every this many training batches (0: never).
         collate_batch_pred_fn, pred_transform_fn, end_auto_eval: as in :class:`TrainLoop`.
         lazy_experiment_save, print_callbacks, gpu_mode, cuda_device_idx: as in :class:`TrainLoop`.
         use_amp, show_progress, torch_compile, quiet: as in :class:`TrainLoop`.
         resume: continue the newest run of this experiment: its folder is reused and its newest
-            exact checkpoint loaded (see ``docs/fault_tolerance.md``); without one, training starts
-            from the beginning.
+            exact checkpoint loaded (see ``docs/fault_tolerance.md``); with no local checkpoint, the
+            newest run in the bucket (its newest complete checkpoint is downloaded); without one,
+            training starts from the beginning.
+
+    Attributes:
+        experiment_store: the experiment's storage; ``experiment_store.flush_timeout`` (seconds,
+            120 by default) bounds the wait for pending uploads at the end of ``fit``, after which
+            the files that did not reach the bucket are logged (``missing_files()`` lists them).
 
     Raises:
         TypeError, ValueError: an invalid argument, an unwritable folder or a missing bucket.
