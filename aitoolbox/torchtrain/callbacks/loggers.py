@@ -207,7 +207,8 @@ class LoggerCallback(AbstractCallback):
             self._last_norm_step = loop.num_optimizer_steps
             norms = [dict(cb.total_norms) for cb in self._norm_sources]  # the callback reuses its dict
         lrs = self._group0["lr"] if self._one_group else [g["lr"] for g in self._groups]
-        self._buffer.append((step, time.time(), loop.loss_batch_accum[-1], lrs, norms))
+        losses = loop.loss_batch_accum
+        self._buffer.append((step, time.time(), losses[-1], lrs, norms, len(losses) - 1))
         if len(self._buffer) >= self.flush_every_n_steps:
             self.flush()
 
@@ -223,7 +224,7 @@ class LoggerCallback(AbstractCallback):
 
     def _step_rows(self, buffer: Sequence[tuple]):
         """``(names, rows)`` of the buffered steps, as Python numbers."""
-        losses = _to_floats([b[2] for b in buffer])
+        losses = self._loss_floats(buffer)
         names = ["train/loss"]
         if isinstance(losses[0], dict):
             names += [f"train/loss_{n}" for n in list(losses[0])[1:]]
@@ -235,13 +236,26 @@ class LoggerCallback(AbstractCallback):
                 lrs = [float(lr) for lr in lrs]
             return names, [[loss, lr] for loss, lr in zip(losses, lrs)]
         rows = []
-        for loss, (_, _, _, lrs, norms) in zip(losses, buffer):
+        for loss, (_, _, _, lrs, norms, _) in zip(losses, buffer):
             row = list(loss.values()) if isinstance(loss, dict) else [loss]
             row += [float(lrs)] if self._one_group else [float(lr) for lr in lrs]
             if norm_names:
                 row += _norm_values(norms, len(norm_names))
             rows.append(row)
         return names + norm_names, rows
+
+    def _loss_floats(self, buffer: Sequence[tuple]) -> list:
+        """The buffered batch losses as floats: the loop's own floats of ``loss_batch_accum`` where
+        the loss is still there (each loss is converted once, for the progress display, the
+        epoch's mean and the loggers together), else converted here."""
+        losses = [b[2] for b in buffer]
+        shared = getattr(self.train_loop_obj, "_loss_values", None)
+        accum = self.train_loop_obj.loss_batch_accum
+        if shared is None or not isinstance(losses[0], torch.Tensor) or not accum:
+            return _to_floats(losses)
+        values, n = shared.update(accum), len(accum)
+        return [values[i] if i < n and accum[i] is loss else float(loss)
+                for loss, i in zip(losses, (b[5] for b in buffer))]
 
     def _norm_names(self) -> List[str]:
         count = sum(max(1, len(cb.total_norms)) for cb in self._norm_sources)
