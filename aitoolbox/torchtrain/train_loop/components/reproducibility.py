@@ -29,8 +29,6 @@ logger = logging.getLogger("aitoolbox")
 
 #: the cuBLAS workspace setting that makes cuBLAS deterministic (CUDA >= 10.2)
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
-#: the accepted values of ``fit(deterministic=...)``
-DETERMINISTIC_MODES = (False, True, "warn")
 _MAX_SEED = 2 ** 64  # torch.manual_seed takes seeds below this
 
 

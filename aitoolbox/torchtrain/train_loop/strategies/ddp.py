@@ -167,7 +167,7 @@ class DDPStrategy(DeviceStrategy):
 
         A checkpoint with every rank's states (``rank_rng_states``) gives each rank its own back
         (the train loader's generators once the rank's copy of the loader exists, in
-        :meth:`prepare_train_loader`), so a resumed run continues exactly. Otherwise the streams
+        :meth:`setup_run`), so a resumed run continues exactly. Otherwise the streams
         are seeded from ``fit``'s ``seed`` and the rank, or, without one, on a process's first run
         from ``torch.initial_seed()`` and the rank (later fits in the same process continue them).
         """
@@ -249,6 +249,9 @@ class DDPStrategy(DeviceStrategy):
             return
         loop.callbacks_handler.execute("on_multiprocess_start")
         loop.train_loader = self.prepare_train_loader(loop.train_loader)
+        if self._pending_loader_rng is not None:  # a checkpoint's states of this rank's copy of the loader
+            set_loader_generator_states(loop.train_loader, self._pending_loader_rng)
+            self._pending_loader_rng = None
         # Pinned callbacks are registered on their rank only: decide together.
         local = any(_BATCH_HOOKS & cb.implemented_hooks() for cb in loop.callbacks_handler.registered_callbacks)
         # A stop signal reaches one rank (or the ranks at different batches): agree on it per batch.
@@ -261,11 +264,7 @@ class DDPStrategy(DeviceStrategy):
         if not self.active:
             return loader
         seed = self._comm.broadcast_int(data.sampler_seed(loader))
-        loader = data.distributed_train_loader(loader, self.rank, self.world_size, seed)
-        if self._pending_loader_rng is not None:  # a checkpoint's states of this rank's copy
-            set_loader_generator_states(loader, self._pending_loader_rng)
-            self._pending_loader_rng = None
-        return loader
+        return data.distributed_train_loader(loader, self.rank, self.world_size, seed)
 
     def prepare_eval_loader(self, loader):
         """In a rank: this rank's exact share of ``loader`` (see :mod:`.data`)."""
