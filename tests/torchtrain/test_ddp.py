@@ -388,8 +388,10 @@ def test_train_loader_copy_keeps_every_setting_and_the_sampler_seed():
     assert sampler_seed(loader) == 7
     copy = distributed_train_loader(loader, rank=1, world_size=2, seed=sampler_seed(loader))
     for name in ("batch_size", "collate_fn", "num_workers", "pin_memory", "drop_last", "persistent_workers",
-                 "prefetch_factor", "worker_init_fn", "generator", "timeout", "dataset"):
+                 "prefetch_factor", "worker_init_fn", "timeout", "dataset"):
         assert getattr(copy, name) is getattr(loader, name) or getattr(copy, name) == getattr(loader, name), name
+    # rank 1's workers get seeds of their own (test_reproducibility.py): a generator derived from the user's
+    assert copy.generator is not generator and copy.generator.initial_seed() != 7
     sampler = copy.sampler
     assert isinstance(sampler, DistributedSampler)
     assert (sampler.shuffle, sampler.seed, sampler.rank, sampler.num_replicas) == (True, 7, 1, 2)

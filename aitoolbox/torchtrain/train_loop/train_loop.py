@@ -33,6 +33,7 @@ from aitoolbox.torchtrain.train_loop.components.pred_collate_fns import (
 from aitoolbox.torchtrain.train_loop.components.prediction_store import PredictionStore
 from aitoolbox.torchtrain.train_loop.components import validation
 from aitoolbox.torchtrain.train_loop.components import loss_weighting as weighting
+from aitoolbox.torchtrain.train_loop.components import reproducibility
 from aitoolbox.torchtrain.train_loop.components.streams import StreamState, has_length
 from aitoolbox.torchtrain.train_loop.components.loss_values import LossValues, losses_to_floats, mean_of_floats
 from aitoolbox.torchtrain.train_loop.components.evaluation import (
@@ -197,6 +198,8 @@ class TrainLoop:
         self.weights_version = 0  # bumped whenever the weights change: invalidates the cache
         self.num_epochs, self.num_iterations, self.grad_accumulation = 0, 0, 1
         self.loss_weighting = "batches"  # fit's loss_weighting (set before the ranks are launched)
+        self._run_seed: Optional[int] = None  # fit's seed when it seeded this run (read by the ranks)
+        self._deterministic: Union[bool, str] = False  # fit's deterministic (applied in each rank too)
         self.early_stop = False
         self._stop_request: Optional[int] = None  # the stop signal every rank agreed on (see preemption.py)
         self._stop_control = None  # the registered StopOnSignal callback, if any
@@ -226,7 +229,8 @@ class TrainLoop:
 
     # ------------------------------------------------------------------ public training API
     def fit(self, num_epochs: int = 0, num_iterations: int = 0, callbacks: Optional[Sequence] = None,
-            grad_accumulation: int = 1, loss_weighting: str = "batches", **kwargs):
+            grad_accumulation: int = 1, loss_weighting: str = "batches", seed: Optional[int] = None,
+            deterministic: Union[bool, str] = False, **kwargs):
         """Train the model.
 
         ``num_epochs`` / ``num_iterations`` are totals to reach: a loop resumed from a checkpoint
@@ -252,6 +256,17 @@ class TrainLoop:
                 ``'batches'`` (each the same), ``'samples'`` (by number of samples: the update of
                 one big batch) or ``'tokens'`` (``get_loss`` returns a ``LossSum(loss_sum,
                 num_items)``; divided by the window's item count). See ``docs/streams.md``.
+            seed: seed torch (CPU, CUDA), ``random`` and NumPy when the run starts, before the loop
+                draws (shuffling, dropout, workers' seeds; build the model before: its initialisation
+                is yours). Under DDP / FSDP rank ``r`` gets its own streams from ``(seed, r)`` and the
+                sampler shuffles with ``seed`` on every rank (unless the loader has a generator of its
+                own). A loop that continues a run (it has trained, or a checkpoint was loaded) is not
+                reseeded: the saved RNG states win. None: not seeded.
+            deterministic: True: deterministic kernels (``torch.use_deterministic_algorithms(True)``:
+                an operation without a deterministic implementation raises), cuDNN deterministic
+                without benchmarking, ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set; ``'warn'``: the
+                same, warning instead of raising. Process-global: it stays on after ``fit``, in this
+                process and in the ranks it starts. False: leaves the settings as they are.
             **kwargs: arguments of the device strategy: ``dp_model_args`` for ``gpu_mode='dp'``;
                 ``ddp_model_args``, ``in_process_data_load``, ``num_nodes``, ``node_rank``,
                 ``num_gpus``, ``backend``, ``init_method``, ``on_gpu``, ``timeout`` for ``gpu_mode='ddp'``;
@@ -266,6 +281,7 @@ class TrainLoop:
         """
         validation.validate_fit_args(self, num_epochs, num_iterations, callbacks, grad_accumulation)
         weighting.check_loss_weighting(loss_weighting)
+        reproducibility.check_fit_args(seed, deterministic)
         validation.validate_strategy_kwargs(self.gpu_mode, kwargs, self.use_amp)
         strategy_args = self.strategy.check_fit_kwargs(kwargs)
         self._unverified_metrics = validation.check_callbacks(
@@ -273,14 +289,19 @@ class TrainLoop:
         train_args = dict(num_epochs=num_epochs, num_iterations=num_iterations,
                           callbacks=list(callbacks or []), grad_accumulation=grad_accumulation)
         self.loss_weighting = loss_weighting  # an attribute: it travels with the loop to spawned ranks
+        reproducibility.apply_fit_args(self, seed, deterministic)  # last: nothing draws before the run
         return self.strategy.launch(self, train_args, strategy_args)
 
     def __call__(self, num_epochs: int = 0, num_iterations: int = 0,
                  callbacks: Optional[Sequence] = None, grad_accumulation: int = 1,
-                 loss_weighting: str = "batches", **kwargs):
+                 loss_weighting: str = "batches", seed: Optional[int] = None,
+                 deterministic: Union[bool, str] = False, **kwargs):
         """Same as :meth:`fit`."""
-        if loss_weighting != "batches":  # a keyword: subclasses' fit overrides of the 1.8 signature take **kwargs
-            kwargs["loss_weighting"] = loss_weighting
+        # Keywords, and only when given: subclasses' fit overrides of the 1.8 signature take **kwargs.
+        for name, value, default in (("loss_weighting", loss_weighting, "batches"), ("seed", seed, None),
+                                     ("deterministic", deterministic, False)):
+            if value is not default:
+                kwargs[name] = value
         return self.fit(num_epochs, num_iterations, callbacks, grad_accumulation, **kwargs)
 
     def _train(self, num_epochs: int, num_iterations: int, callbacks: Optional[Sequence] = None,

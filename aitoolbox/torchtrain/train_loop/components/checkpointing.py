@@ -20,6 +20,7 @@ import torch
 from aitoolbox.torchtrain.multi_loss_optim import MultiLoss, MultiOptimizer
 from aitoolbox.torchtrain.train_loop.components.data_loading import (
     loader_generator_states, set_loader_generator_states)
+from aitoolbox.torchtrain.train_loop.components.reproducibility import seed_all
 from aitoolbox.torchtrain.train_loop.components.rng_state import get_rng_state, set_rng_state
 from aitoolbox.utils.io import atomic_torch_save
 
@@ -47,20 +48,19 @@ def rank_stream_seed(seed: int, rank: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def seed_rank_streams(rank: int) -> None:
-    """Give rank ``rank`` (> 0) its own streams: torch (CPU and CUDA), Python and NumPy generators
-    seeded from ``torch.initial_seed()`` and the rank, so dropout masks and augmentations differ
-    across ranks and two runs with the same seed are identical."""
-    import random
+def seed_rank_streams(rank: int, seed: Optional[int] = None) -> None:
+    """Give rank ``rank`` its own streams: torch (CPU and CUDA), Python and NumPy generators seeded
+    from :func:`rank_stream_seed` of ``seed`` and the rank, so dropout masks and augmentations
+    differ across ranks and two runs with the same seed are identical.
 
-    import numpy as np
-
-    if rank == 0:
-        return
-    seed = rank_stream_seed(torch.initial_seed(), rank)
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
+    ``seed`` None (``fit`` was given no seed): the run's seed is ``torch.initial_seed()`` and
+    rank 0 keeps the state it has.
+    """
+    if seed is None:
+        if rank == 0:
+            return
+        seed = torch.initial_seed()
+    seed_all(rank_stream_seed(seed, rank))
 
 
 def rank_rng_state(loop) -> dict:
@@ -74,14 +74,20 @@ def gather_rank_rng(loop) -> Optional[list]:
     return loop.strategy.gather_objects(rank_rng_state(loop))
 
 
-def restore_rank_rng(loop, states: Optional[list], rank: int, world_size: int) -> bool:
-    """Restore rank ``rank``'s own RNG states from a checkpoint's ``rank_rng_states``; False when
-    there are none for this world size."""
+def restore_rank_rng(loop, states: Optional[list], rank: int, world_size: int) -> Optional[list]:
+    """Restore rank ``rank``'s own global RNG states and epoch-start states from a checkpoint's
+    ``rank_rng_states``.
+
+    Returns:
+        The rank's train loader generator states, for the rank's own copy of the loader (see
+        ``strategies/data.py``), to restore with ``set_loader_generator_states``; None when the
+        checkpoint holds no states for this world size (nothing is restored).
+    """
     if not states or len(states) != world_size:
-        return False
-    restore_rng(loop.train_loader, states[rank]["rng"])
+        return None
+    set_rng_state(states[rank]["rng"]["global"])
     loop.epoch_start_rng = states[rank]["epoch_start"]
-    return True
+    return states[rank]["rng"]["loader"]
 
 
 def plain_module(module: torch.nn.Module) -> torch.nn.Module:
@@ -270,6 +276,7 @@ def load_loop_state_dict(loop, state: dict) -> None:
     loop._pending_grads = state["pending_grads"]
     loop._resumed_run_shape = state.get("run_shape")
     loop._rank_rng_states = state.get("rank_rng_states")  # every DDP rank's own, restored in each rank
+    loop._rng_restored = True  # the saved states win over a later fit(seed=...)
     # Absent from the checkpoints written before weighted accumulation and streams existed.
     weights = state.get("loss_weight_accum") or []
     loop.loss_weight_accum = [_to_device(w, loop.device) if isinstance(w, torch.Tensor) else w for w in weights]

@@ -1,7 +1,8 @@
 """Data loading under ``gpu_mode='ddp'``: sharded training loaders and exact evaluation loaders.
 
 Training: each ``DataLoader`` is copied with a ``DistributedSampler`` (every other setting kept),
-shuffled iff the original sampler was a ``RandomSampler``, seeded like the original.
+shuffled iff the original sampler was a ``RandomSampler``, seeded like the original; a loader
+generator of its own gives each rank's copy a generator of the rank's own (workers' seeds).
 
 Evaluation: rank ``r`` reads the samples ``r, r + world_size, ...`` in order, *without* the padding
 duplicates that ``DistributedSampler`` adds; the results are put back into data-set order with
@@ -18,6 +19,7 @@ from torch.utils.data import (DataLoader, DistributedSampler, IterableDataset, R
                               SequentialSampler)
 
 from aitoolbox.torchtrain.data.sharded_stream import ShardedIterable
+from aitoolbox.torchtrain.train_loop.components.checkpointing import rank_stream_seed
 from aitoolbox.torchtrain.train_loop.components.data_loading import (
     copy_loader, eval_loader, has_custom_batch_sampler)
 
@@ -71,7 +73,27 @@ def distributed_train_loader(loader, rank: int, world_size: int, seed: int):
                                    shuffle=isinstance(sampler, RandomSampler), seed=seed)
     else:
         shard = ShardedSampler(sampler, rank, world_size)
-    return copy_loader(loader, shard)
+    copy = copy_loader(loader, shard)
+    copy.generator = rank_generator(loader.generator, rank)
+    return copy
+
+
+def rank_generator(generator: Optional[torch.Generator], rank: int) -> Optional[torch.Generator]:
+    """The generator of rank ``rank``'s copy of a training loader whose generator is ``generator``.
+
+    A DataLoader draws its workers' base seed from its generator at every epoch; the same
+    generator on every rank would give every rank's workers the same seeds (the same random
+    augmentations). Rank 0 keeps ``generator``; rank ``r > 0`` gets a new one seeded from its
+    initial seed and ``r`` (``rank_stream_seed``). The sampler of the copy (``DistributedSampler``
+    with the broadcast seed, or the original sampler inside :class:`ShardedSampler`) does not
+    draw from it, so the shuffling order stays the same on every rank. Its state is saved with
+    the rank's random states and restored into the copy on resume (``DDPStrategy``).
+    """
+    if rank == 0 or not isinstance(generator, torch.Generator):
+        return generator
+    own = torch.Generator(device=generator.device)
+    own.manual_seed(rank_stream_seed(generator.initial_seed(), rank))
+    return own
 
 
 class ShardedSampler(Sampler):

@@ -33,8 +33,9 @@ from aitoolbox.torchtrain.model import ModelFeed
 from aitoolbox.torchtrain.loss_sum import LossSum
 from aitoolbox.torchtrain.multi_loss_optim import MultiLoss
 from aitoolbox.torchtrain.parallel import TTDistributedDataParallel
-from aitoolbox.torchtrain.train_loop.components import checkpointing
+from aitoolbox.torchtrain.train_loop.components import checkpointing, reproducibility
 from aitoolbox.torchtrain.train_loop.components.amp_handler import AmpHandler
+from aitoolbox.torchtrain.train_loop.components.data_loading import set_loader_generator_states
 from aitoolbox.torchtrain.train_loop.components.preemption import TrainingStopped
 from aitoolbox.torchtrain.train_loop.components.prediction_store import PredictionStore
 from aitoolbox.torchtrain.train_loop.strategies import data, launch as launcher
@@ -85,12 +86,13 @@ class DDPStrategy(DeviceStrategy):
         self._owns_group = False
         self._failed = False
         self._rank_streams_ready = False  # this process's ranks' random streams are set up
+        self._pending_loader_rng: Optional[list] = None  # see _set_rank_streams
 
     def __getstate__(self) -> dict:
         # Only the configuration travels to spawned processes; the rest is set up there.
         state = dict(self.__dict__)
         state.update(ddp_model=None, feed=None, _comm=None, wrapped_module=None, _owns_group=False,
-                     _failed=False, _rank_streams_ready=False)
+                     _failed=False, _rank_streams_ready=False, _pending_loader_rng=None)
         return state
 
     @property
@@ -128,6 +130,7 @@ class DDPStrategy(DeviceStrategy):
         """Train in a process spawned by :func:`~.launch.spawn_fit` (``TrainLoop._spawn_fit``)."""
         config: DDPConfig = ddp_args["config"]
         os.environ.update(ddp_args["env"])
+        reproducibility.set_deterministic(getattr(loop, "_deterministic", False))  # process-global: set in each rank
         self.setup_process(loop, config, config.global_rank(local_rank), config.world_size, local_rank)
         self._owns_group = True  # the process is this run's: rank_main joined the group before loading the loop
         return self.run(loop, train_args, data_load)
@@ -162,19 +165,23 @@ class DDPStrategy(DeviceStrategy):
     def _set_rank_streams(self, loop, rank: int, world_size: int) -> None:
         """Each rank draws from its own random streams (see ``checkpointing.seed_rank_streams``).
 
-        A checkpoint with every rank's states (``rank_rng_states``) gives each rank its own back,
-        so a resumed run continues exactly; otherwise a process's first run seeds them from the
-        run's seed and the rank (later fits in the same process continue the streams).
+        A checkpoint with every rank's states (``rank_rng_states``) gives each rank its own back
+        (the train loader's generators once the rank's copy of the loader exists, in
+        :meth:`setup_run`), so a resumed run continues exactly. Otherwise the streams
+        are seeded from ``fit``'s ``seed`` and the rank, or, without one, on a process's first run
+        from ``torch.initial_seed()`` and the rank (later fits in the same process continue them).
         """
         states, loop._rank_rng_states = getattr(loop, "_rank_rng_states", None), None
-        if checkpointing.restore_rank_rng(loop, states, rank, world_size):
+        self._pending_loader_rng = checkpointing.restore_rank_rng(loop, states, rank, world_size)
+        if self._pending_loader_rng is not None:
             self._rank_streams_ready = True
             return
         if loop.total_iteration_idx > 0 and world_size > 1 and not self._rank_streams_ready and rank == 0:
             logger.warning("The loaded state holds no per-rank random states for %d ranks: ranks 1.. start new "
                            "streams, so the continued run is not exactly the uninterrupted one.", world_size)
-        if not self._rank_streams_ready:
-            checkpointing.seed_rank_streams(rank)
+        run_seed = getattr(loop, "_run_seed", None)
+        if run_seed is not None or not self._rank_streams_ready:
+            checkpointing.seed_rank_streams(rank, run_seed)
             self._rank_streams_ready = True
 
     def _init_process_group(self, loop, config: DDPConfig, rank: int, world_size: int) -> None:
@@ -242,6 +249,9 @@ class DDPStrategy(DeviceStrategy):
             return
         loop.callbacks_handler.execute("on_multiprocess_start")
         loop.train_loader = self.prepare_train_loader(loop.train_loader)
+        if self._pending_loader_rng is not None:  # a checkpoint's states of this rank's copy of the loader
+            set_loader_generator_states(loop.train_loader, self._pending_loader_rng)
+            self._pending_loader_rng = None
         # Pinned callbacks are registered on their rank only: decide together.
         local = any(_BATCH_HOOKS & cb.implemented_hooks() for cb in loop.callbacks_handler.registered_callbacks)
         # A stop signal reaches one rank (or the ranks at different batches): agree on it per batch.
