@@ -147,6 +147,21 @@ def test_sigterm_waits_for_pending_uploads(tmp_path, s3_bucket):
         assert f"proj/{experiment}/checkpoint_model/{name}" in keys
 
 
+def test_ddp_sigterm_to_the_parent_waits_for_pending_uploads(tmp_path, s3_bucket):
+    # 2 gloo ranks, SIGTERM to the parent alone: rank 0 uploads; every checkpoint reaches the bucket
+    root = tmp_path / "run"
+    code, output, _ = run_and_signal(root, tmp_path / "o.pt", 3, signal.SIGTERM, "self", "--epochs", 2, "--ddp",
+                                     "--bucket", s3_bucket, ranks=2)
+    assert code == 143, output
+    assert "no upload pending" in output
+    folder = checkpoint_folder(root)
+    assert json.load(open(os.path.join(folder, "checkpoints.json")))["newest"] == "model_iteration_3.pt"
+    experiment = os.path.basename(os.path.dirname(folder))
+    keys = _bucket_keys(s3_bucket)
+    for name in os.listdir(folder):
+        assert f"proj/{experiment}/checkpoint_model/{name}" in keys
+
+
 def test_sigterm_during_s3_outage_exits_within_the_upload_timeout(tmp_path, s3_bucket, moto_server):
     root = tmp_path / "run"
     moto_was_stopped = []
