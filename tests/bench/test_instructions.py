@@ -32,8 +32,18 @@ def test_loggers_scenario_compares_the_logged_fit_with_the_plain_one(monkeypatch
     assert out[f"overhead_per_step_at_{instructions.SCENARIOS['loggers'].at_steps}_steps"] == 4
 
 
-def test_each_scenario_builds_a_runnable_workload():
-    # the arms' workloads are the timed scenarios' own; run each once, briefly (no valgrind)
+def test_each_scenario_builds_a_runnable_workload(monkeypatch):
+    # the arms' workloads are the timed scenarios' own; run each once, briefly (no valgrind):
+    # every arm trains (its model's weights change)
+    import torch
+    modules = {"tiny": instructions.fit_tiny, "loggers": instructions.loggers}
     for name, counted in instructions.SCENARIOS.items():
         for arm in counted.arms:
-            counted.make(arm, 5)()
+            built = []
+            real_build = modules[name].build
+            monkeypatch.setattr(modules[name], "build", lambda *a, _b=real_build: built.append(_b(*a)) or built[-1])
+            run = counted.make(arm, 5)
+            monkeypatch.undo()
+            before = [p.detach().clone() for p in built[0][0].parameters()]
+            run()
+            assert any(not torch.equal(b, p) for b, p in zip(before, built[0][0].parameters())), (name, arm)
