@@ -1,5 +1,7 @@
 """Models, data and callbacks of the DP / DDP tests (importable by the spawned ranks and scripts)."""
 import os
+import signal
+import time
 
 import torch
 from torch import nn
@@ -183,6 +185,24 @@ class RaiseOnRank(AbstractCallback):
         loop = self.train_loop_obj
         if loop.strategy.rank == self.rank and loop.iteration == self.iteration:
             raise RuntimeError(f"boom from rank {self.rank}")
+
+
+class StallOnRank(AbstractCallback):
+    """At one iteration one rank stops itself (``SIGSTOP``) or sleeps; it writes its pid first."""
+
+    def __init__(self, rank, iteration, out_dir, sleep_s=None):
+        super().__init__("stall on rank")
+        self.rank, self.iteration, self.out_dir, self.sleep_s = rank, iteration, out_dir, sleep_s
+
+    def on_batch_end(self):
+        loop = self.train_loop_obj
+        if loop.strategy.rank == self.rank and loop.total_iteration_idx == self.iteration:
+            with open(os.path.join(self.out_dir, "stalled_pid"), "w") as f:
+                f.write(str(os.getpid()))
+            if self.sleep_s is None:
+                os.kill(os.getpid(), signal.SIGSTOP)
+            else:
+                time.sleep(self.sleep_s)
 
 
 class MainProcessOnlyEvaluation(AbstractCallback):

@@ -252,6 +252,45 @@ def test_failing_rank_ends_the_run_promptly_with_its_error(no_master_env):
     assert time.monotonic() - start < 45
 
 
+def _gone(pid):
+    """Whether process ``pid`` has ended (a zombie counts: it no longer runs)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.timeout(120)
+def test_a_frozen_rank_is_named_when_a_collective_times_out(tmp_path, no_master_env):
+    """Rank 2 of 3 stops (SIGSTOP): the ranks that waited in the collective name it, not themselves."""
+    loop = helpers.make_loop(helpers.RegressionNet(), batch_size=8, gpu_mode="ddp")
+    start = time.monotonic()
+    with pytest.raises(Exception, match="Rank 2 stopped answering") as info:
+        loop.fit(num_epochs=50, callbacks=[helpers.StallOnRank(rank=2, iteration=3, out_dir=str(tmp_path))],
+                 timeout=5, **{**CPU_DDP, "num_gpus": 3})
+    message = str(info.value)
+    assert "waited longer than timeout=5 s" in message
+    assert "Rank 1 stopped" not in message and "Ranks" not in message  # the other waiting rank still beats
+    assert time.monotonic() - start < 60
+    stalled = int((tmp_path / "stalled_pid").read_text())
+    deadline = time.monotonic() + 10
+    while not _gone(stalled) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(stalled), "the stopped rank was left behind"
+
+
+@pytest.mark.timeout(120)
+def test_a_slow_rank_is_not_called_frozen_when_a_collective_times_out(tmp_path, no_master_env):
+    """Rank 1 works alone (sleeps) past the timeout: the error says every rank is alive and where each is."""
+    loop = helpers.make_loop(helpers.RegressionNet(), batch_size=8, gpu_mode="ddp")
+    with pytest.raises(Exception, match="Every rank is alive") as info:
+        loop.fit(num_epochs=50, callbacks=[helpers.StallOnRank(rank=1, iteration=3, out_dir=str(tmp_path),
+                                                               sleep_s=12)], timeout=4, **CPU_DDP)
+    assert "stopped answering" not in str(info.value)
+    assert "rank 1 at epoch 0, iteration 3" in str(info.value)
+
+
 @pytest.mark.timeout(120)
 def test_evaluation_on_one_rank_only_raises_a_clear_error(no_master_env):
     model = helpers.RegressionNet()

@@ -41,6 +41,8 @@ from aitoolbox.torchtrain.train_loop.components.prediction_store import Predicti
 from aitoolbox.torchtrain.train_loop.strategies import data, launch as launcher
 from aitoolbox.torchtrain.train_loop.strategies.base import DeviceStrategy
 from aitoolbox.torchtrain.train_loop.strategies.collectives import RankComm
+from aitoolbox.torchtrain.train_loop.strategies.heartbeat import (
+    Heartbeat, RankTimeoutError, beat_interval, explain_timeout, is_collective_timeout)
 from aitoolbox.torchtrain.train_loop.strategies.config import (
     DDP_FIT_KWARGS, DDPConfig, build_config, check_data_load_callbacks, launcher_env)
 from aitoolbox.torchtrain.train_loop.strategies.dp import _compile_kwargs, wrapper_feed
@@ -87,12 +89,14 @@ class DDPStrategy(DeviceStrategy):
         self._failed = False
         self._rank_streams_ready = False  # this process's ranks' random streams are set up
         self._pending_loader_rng: Optional[list] = None  # see _set_rank_streams
+        self._heartbeat: Optional[Heartbeat] = None
 
     def __getstate__(self) -> dict:
         # Only the configuration travels to spawned processes; the rest is set up there.
         state = dict(self.__dict__)
         state.update(ddp_model=None, feed=None, _comm=None, wrapped_module=None, _owns_group=False,
-                     _failed=False, _rank_streams_ready=False, _pending_loader_rng=None)
+                     _failed=False, _rank_streams_ready=False, _pending_loader_rng=None,
+                     _heartbeat=None)
         return state
 
     @property
@@ -145,6 +149,8 @@ class DDPStrategy(DeviceStrategy):
         except BaseException as exc:
             # A stop signal ends every rank together at a batch boundary: not a failure.
             self._failed = not isinstance(exc, TrainingStopped)
+            if self._heartbeat is not None and is_collective_timeout(exc):
+                raise RankTimeoutError(explain_timeout(self._heartbeat, self.config.timeout, loop.gpu_mode)) from exc
             raise
         return loop.model
 
@@ -153,6 +159,7 @@ class DDPStrategy(DeviceStrategy):
         self.config, self.rank, self.world_size, self.local_rank = config, rank, world_size, local_rank
         self.device = launcher.rank_device(config, local_rank)
         self._init_process_group(loop, config, rank, world_size)
+        self._start_heartbeat(loop, config, rank, world_size)
         comm_device = self.device if config.backend == "nccl" else torch.device("cpu")
         flag_group = dist.new_group(backend="gloo") if config.backend != "gloo" else None
         self._comm = RankComm(rank, world_size, comm_device, flag_group)
@@ -184,6 +191,17 @@ class DDPStrategy(DeviceStrategy):
             checkpointing.seed_rank_streams(rank, run_seed)
             self._rank_streams_ready = True
 
+    def _start_heartbeat(self, loop, config: DDPConfig, rank: int, world_size: int) -> None:
+        """Beat in the process group's store, so that a collective timeout names a frozen rank (heartbeat.py)."""
+        if self._heartbeat is not None:
+            return  # a later fit in the same rank
+        try:
+            store = dist.distributed_c10d._get_default_store()  # pylint: disable=protected-access
+        except (AttributeError, RuntimeError, ValueError):
+            return  # a torch without it, or a group without a store: timeouts are then reported as they come
+        self._heartbeat = Heartbeat(store, rank, world_size, beat_interval(config.timeout),
+                                    lambda: (loop.epoch, loop.total_iteration_idx)).start()
+
     def _init_process_group(self, loop, config: DDPConfig, rank: int, world_size: int) -> None:
         if not launcher.join_process_group(config, rank, world_size):
             return  # set up by the user's script, an earlier fit or rank_main
@@ -212,6 +230,9 @@ class DDPStrategy(DeviceStrategy):
         a peer still uses them aborts the peer), but not after a failure, nor for long: that would
         delay the peers' own "connection closed" errors, which end a failed run.
         """
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
         if self._owns_group and dist.is_initialized() and not self._failed:
             try:
                 settled = dist.barrier(async_op=True).wait(timeout=datetime.timedelta(seconds=30))
