@@ -253,7 +253,11 @@ def _checksums_ok(path: str) -> bool:
     import zipfile
 
     if os.path.isdir(path):
-        path = os.path.join(path, SHARDED_LOOP_STATE_FILE)  # the shards carry DCP's own metadata
+        if not _shards_complete(path):
+            logger.warning("Skipped the sharded checkpoint %s: shard files that its metadata names are missing or "
+                           "short (an interrupted copy or upload).", path)
+            return False
+        path = os.path.join(path, SHARDED_LOOP_STATE_FILE)
     if not zipfile.is_zipfile(path):
         return True  # the legacy format carries no checksum; it loaded in inspect_checkpoint
     try:
@@ -266,6 +270,21 @@ def _checksums_ok(path: str) -> bool:
                        path)
         return False
     return True
+
+
+def _shards_complete(path: str) -> bool:
+    """Whether every shard file named by a sharded checkpoint folder's DCP metadata is there, long enough."""
+    try:
+        from torch.distributed.checkpoint import FileSystemReader
+
+        storage = FileSystemReader(path).read_metadata().storage_data or {}
+    except Exception:  # pylint: disable=broad-except  # no or unreadable .metadata
+        return False
+    ends: Dict[str, int] = {}
+    for info in storage.values():
+        ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+    return all(os.path.isfile(os.path.join(path, name)) and os.path.getsize(os.path.join(path, name)) >= end
+               for name, end in ends.items())
 
 
 # ---------------------------------------------------------------------- the bucket as a fallback
@@ -284,8 +303,10 @@ def fetch_latest_cloud_checkpoint(uri: str, folder: Union[str, os.PathLike]) -> 
     name and upload time. They are downloaded one at a time (atomically) into ``folder`` and
     checked as the local lookup checks a file: it loads and its CRC-32 checksums verify. One that
     fails is deleted again (with a warning) and the next is tried; an exact resume point is
-    preferred to a crash checkpoint flagged as not exact. Sharded (``gpu_mode='fsdp'``)
-    checkpoint folders in the bucket are not fetched.
+    preferred to a crash checkpoint flagged as not exact. A sharded (``gpu_mode='fsdp'``)
+    checkpoint folder is downloaded object by object into ``<name>.partial`` and renamed into
+    place; it passes when its loop state loads and verifies and every shard file that its
+    metadata names is there (an upload cut short fails this).
 
     Args:
         uri: the bucket URI of a ``checkpoint_model/`` folder.
@@ -306,29 +327,70 @@ def fetch_latest_cloud_checkpoint(uri: str, folder: Union[str, os.PathLike]) -> 
     prefix = prefix.rstrip("/")
     folder = os.path.abspath(os.path.expanduser(os.fspath(folder)))
     fallback = None
-    for name, key in _ranked_cloud_checkpoints(cloud, bucket, prefix):
-        path = os.path.join(folder, name)
-        os.makedirs(folder, exist_ok=True)
-        cloud.download_file(bucket, key, path)
+    for name, parts in _ranked_cloud_checkpoints(cloud, bucket, prefix):
+        path = _download_checkpoint(cloud, bucket, parts, os.path.join(folder, name))
         info = inspect_checkpoint(path)
         if info is None or not _checksums_ok(path):
             logger.warning("Skipped the checkpoint %s in the bucket: it does not load or fails its checksums.",
-                           cloud.uri(bucket, key))
-            os.remove(path)
+                           cloud.uri(bucket, f"{prefix}/{name}"))
+            _remove(path)
         elif info["exact"]:
             if fallback is not None:
-                os.remove(fallback)
+                _remove(fallback)
             return path
         elif fallback is None:
             fallback = path  # not exact: used only when no exact one passes
         else:
-            os.remove(path)
+            _remove(path)
     return fallback
 
 
+def _download_checkpoint(cloud, bucket: str, parts: List[tuple], path: str) -> str:
+    """Download a checkpoint file (``parts`` = ``[("", key)]``) or a sharded folder (``[(relative path, key)]``)."""
+    import shutil
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if len(parts) == 1 and parts[0][0] == "":
+        cloud.download_file(bucket, parts[0][1], path)
+        return path
+    partial = f"{path}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    for relative, key in parts:
+        target = os.path.join(partial, *relative.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        cloud.download_file(bucket, key, target)
+    _remove(path)
+    os.replace(partial, path)
+    return path
+
+
+def _remove(path: str) -> None:
+    import shutil
+
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
 def _ranked_cloud_checkpoints(cloud, bucket: str, prefix: str) -> List[tuple]:
-    """``(file name, key)`` of the checkpoint files under ``prefix/``, the likely resume point first."""
+    """``(name, parts)`` of the checkpoints under ``prefix/``, the likely resume point first.
+
+    ``parts``: ``[("", key)]`` for a checkpoint file, ``[(path inside the folder, key), ...]`` for
+    a sharded checkpoint folder (its loop state's upload time stands for the folder's).
+    """
     objects = {key[len(prefix) + 1:]: (key, mtime) for key, mtime in cloud.list_objects(bucket, prefix + "/")}
+    folders: Dict[str, List[tuple]] = {}
+    for relative, (key, _) in objects.items():
+        top, _, inside = relative.partition("/")
+        if inside and top.endswith(".pt") and not top.endswith(".partial"):
+            folders.setdefault(top, []).append((inside, key))
+    for top in list(folders):
+        loop_state = objects.get(f"{top}/{SHARDED_LOOP_STATE_FILE}")
+        if loop_state is None:
+            del folders[top]  # not (yet) a complete sharded checkpoint
+        else:
+            objects[top] = (None, loop_state[1])
     described = {entry["file"]: entry for entry in _cloud_manifest(cloud, bucket, objects.get(MANIFEST_FILE))}
 
     def rank(name: str) -> tuple:
@@ -343,7 +405,8 @@ def _ranked_cloud_checkpoints(cloud, bucket: str, prefix: str) -> List[tuple]:
             objects[name][1]
 
     names = [name for name in objects if name.endswith(".pt") and "/" not in name]
-    return [(name, objects[name][0]) for name in sorted(names, key=rank, reverse=True)]
+    return [(name, sorted(folders[name]) if name in folders else [("", objects[name][0])])
+            for name in sorted(names, key=rank, reverse=True)]
 
 
 def _cloud_manifest(cloud, bucket: str, manifest: Optional[tuple]) -> List[Dict[str, Any]]:

@@ -186,6 +186,43 @@ def test_sharded_checkpoints_resume_exactly_reshard_to_three_ranks_and_final_mod
             assert torch.equal(record["state"][key], value), key
 
 
+@pytest.mark.timeout(200)
+def test_resume_on_a_new_machine_downloads_sharded_checkpoints_from_the_bucket(s3_bucket, tmp_path, caplog):
+    """resume=True with an empty local folder: the newest complete sharded folder comes from the bucket."""
+    import logging
+
+    from aitoolbox.cloud.AWS.s3 import get_s3_client
+    from aitoolbox.torchtrain.train_loop import TrainLoopCheckpoint
+    from tests.tracking.helpers import loop_args
+
+    def tracking_loop(root, **kwargs):
+        return TrainLoopCheckpoint(*loop_args(), "proj", "exp", str(root), {"lr": 0.01}, bucket_name=s3_bucket,
+                                   cloud_dir_prefix="runs", show_progress=False, gpu_mode="fsdp", **kwargs)
+
+    first = tracking_loop(tmp_path / "machine_a")
+    first.fit(num_epochs=3, **CPU)
+    run = os.path.basename(first.experiment_dir)
+    client = get_s3_client()
+    folder_key = f"runs/proj/{run}/checkpoint_model"
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket=s3_bucket, Prefix=folder_key)["Contents"]]
+    shards = sorted(k for k in keys if k.startswith(f"{folder_key}/model_epoch_3.pt/") and k.endswith(".distcp"))
+    assert len(shards) == 2, keys  # one shard file per rank
+    client.delete_object(Bucket=s3_bucket, Key=shards[1])  # the newest one's upload was cut short
+
+    with caplog.at_level(logging.INFO, logger="aitoolbox"):
+        resumed = tracking_loop(tmp_path / "machine_b", resume=True)
+    assert os.path.basename(resumed.experiment_dir) == run
+    expected = os.path.join(resumed.experiment_dir, "checkpoint_model", "model_epoch_2.pt")
+    assert resumed.resumed_from == expected and os.path.isdir(expected)
+    assert resumed.epoch == 2
+    assert any("model_epoch_3.pt" in r.getMessage() and "shard files" in r.getMessage() for r in caplog.records)
+    assert not os.path.exists(os.path.join(resumed.experiment_dir, "checkpoint_model", "model_epoch_3.pt"))
+    resumed.fit(num_epochs=3, **CPU)
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    assert resumed.train_history["loss"] == first.train_history["loss"]
+
+
 @pytest.mark.timeout(150)
 def test_keep_best_removes_sharded_checkpoint_folders(tmp_path):
     import json
