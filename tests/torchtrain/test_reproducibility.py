@@ -6,6 +6,7 @@ DDP (2 gloo ranks): the same seed gives the same run; each rank's dropout draws 
 of ``(seed, rank)``; the workers of a loader with its own generator get other seeds on every rank
 and epoch; all of it continues exactly after a mid-epoch stop.
 """
+import multiprocessing
 import os
 import random
 
@@ -80,7 +81,8 @@ class SaveRecords(AbstractCallback):
         os.makedirs(self.out_dir, exist_ok=True)
         torch.save({"masks": module.masks, "worker_seeds": module.worker_seeds,
                     "deterministic": torch.are_deterministic_algorithms_enabled(),
-                    "cublas": os.environ.get("CUBLAS_WORKSPACE_CONFIG")},
+                    "cublas": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+                    "start_method": multiprocessing.get_start_method()},
                    os.path.join(self.out_dir, f"records_rank{loop.strategy.rank}.pt"))
 
 
@@ -249,10 +251,9 @@ def test_rank_copies_of_a_loader_get_their_own_generator_and_the_same_order():
 
 # ---------------------------------------------------------------------------------- DDP, 2 ranks
 def ddp_loop():
-    # 20 samples per rank: 4 batches per epoch. A rank started by spawn starts its workers by spawn too
-    # (a fresh interpreter importing torch, seconds per epoch on a busy CI machine): fork them.
+    # 20 samples per rank: 4 batches per epoch; the workers start the platform's default way (fork on Linux)
     loader = DataLoader(WorkerNoiseData(), batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(3),
-                        num_workers=1, multiprocessing_context="fork")
+                        num_workers=1)
     return make_loop(loader, gpu_mode="ddp")
 
 
@@ -321,3 +322,8 @@ def test_ddp_deterministic_reaches_the_spawned_ranks(ddp_runs):
     for rank in range(2):
         assert records[rank]["deterministic"] is True
         assert records[rank]["cublas"] == ":4096:8"
+
+
+def test_ddp_ranks_start_loader_workers_the_platforms_default_way(ddp_runs):
+    """A spawned rank starts its DataLoader workers as a torchrun-started one does (not by spawn)."""
+    assert [r["start_method"] for r in ddp_runs[1]] == [multiprocessing.get_all_start_methods()[0]] * 2

@@ -208,6 +208,7 @@ def save_payload(loop, run_args: dict, path: str) -> None:
 def rank_main(local_rank: int, payload_path: str, ddp_args: dict) -> None:
     """Entry point of a spawned rank: join the process group, load the TrainLoop, train, hand back."""
     get_logger()  # the parent's logging set-up does not reach this process
+    _platform_start_method()
     _freeze_imported_modules()
     config: DDPConfig = ddp_args["config"]
     os.environ.update(ddp_args["env"])
@@ -293,6 +294,19 @@ def elastic_restart_store(config: DDPConfig, rank: int, world_size: int) -> Opti
     base = dist.TCPStore(os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"]), world_size,
                          is_master=not agent_hosts and rank == 0, timeout=datetime.timedelta(seconds=config.timeout))
     return dist.PrefixStore(f"aitoolbox/attempt_{attempt}", base)
+
+
+def _platform_start_method() -> None:
+    """This rank starts its own processes (DataLoader workers) the platform's default way.
+
+    ``multiprocessing`` makes a process started by spawn start its children by spawn too: each
+    worker of a non-persistent DataLoader would import torch afresh, every epoch (seconds each). A
+    rank started by torchrun uses the platform's default (fork on Linux up to Python 3.13), and so
+    does a rank started here. A loader's own ``multiprocessing_context`` still decides for it.
+    """
+    import multiprocessing
+
+    multiprocessing.set_start_method(None, force=True)
 
 
 def _freeze_imported_modules() -> None:
