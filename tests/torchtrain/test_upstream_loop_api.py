@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
+from torch.utils.data import DataLoader
 
-from tests.callbacks.cb_testkit import make_loop, mlp
+from aitoolbox.torchtrain.train_loop import TrainLoop
+from tests.callbacks.cb_testkit import make_loop, mlp, regression_dataset
 
 
 class _PlainZeroGradSGD(torch.optim.SGD):
@@ -36,3 +39,27 @@ def test_should_execute_optimizer_update_before_fit():
         if loop.should_execute_optimizer_update():
             steps.append(iteration)
     assert steps == list(range(4, 100, 5)) + [103]
+
+
+def test_subclass_overrides_of_the_evaluation_methods_are_what_the_loop_calls():
+    """aitoolbox 1.8 users override the evaluation / history methods on their TrainLoop subclass."""
+    class MyLoop(TrainLoop):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.inserted = []
+
+        def evaluate_loss_on_validation_set(self, force_prediction=False, float_dict_format=False):
+            return torch.tensor(7.0)
+
+        def insert_metric_result_into_history(self, metric_name, metric_result):
+            self.inserted.append(metric_name)
+            super().insert_metric_result_into_history(metric_name, metric_result)
+
+    model = mlp()
+    train = DataLoader(regression_dataset(16, seed=0), batch_size=8)
+    val = DataLoader(regression_dataset(8, seed=1), batch_size=8)
+    loop = MyLoop(model, train, val, None, torch.optim.SGD(model.parameters(), lr=0.05), nn.MSELoss(),
+                  show_progress=False)
+    loop.fit(num_epochs=2)
+    assert loop.train_history["val_loss"] == [7.0, 7.0]
+    assert loop.inserted == ["accumulated_loss", "loss", "val_loss"] * 2

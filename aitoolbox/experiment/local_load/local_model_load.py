@@ -2,7 +2,7 @@
 schedulers and AMP scaler.
 
 Files are read with ``torch.load(weights_only=True)`` (see
-:func:`~aitoolbox.torchtrain.train_loop.components.checkpointing.safe_torch_load`). Both the
+:func:`~aitoolbox.torchtrain.train_loop.components.checkpoint_files.safe_torch_load`). Both the
 files aitoolbox 1.8 wrote (``model_<experiment>_<timestamp>[_E<epoch>].pth``) and this
 aitoolbox's load, found by the same ``load_model`` arguments:
 

@@ -4,63 +4,38 @@ A checkpoint is the union of the ``state_dict()`` of every piece plus the loop's
 batches done in the epoch, counters, the RNG states now and at the start of the epoch, the
 epoch's training losses so far and any gradients of an unfinished accumulation window. A run
 resumed from it continues bit for bit as the uninterrupted run (on CPU).
+
+Its neighbours hold the rest, and are re-exported here (``checkpointing.<name>`` keeps working):
+RNG snapshots in ``rng_state.py``, the per-rank random streams in ``reproducibility.py``, reading
+and verifying checkpoint files in ``checkpoint_files.py`` and the checkpoints of aitoolbox 1.8 in
+``original_checkpoint.py``.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import pickle
 import tempfile
-import zipfile
-from typing import Any, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
-from aitoolbox.torchtrain.multi_loss_optim import MultiLoss, MultiOptimizer
-from aitoolbox.torchtrain.train_loop.components.data_loading import (
-    loader_generator_states, set_loader_generator_states)
-from aitoolbox.torchtrain.train_loop.components.reproducibility import seed_all
-from aitoolbox.torchtrain.train_loop.components.rng_state import get_rng_state, set_rng_state
+from aitoolbox.torchtrain.multi_loss_optim import MultiLoss
+from aitoolbox.torchtrain.train_loop.components.checkpoint_files import (  # noqa: F401 (re-exported)
+    is_sharded_checkpoint_folder, read_checkpoint, resolve_checkpoint_path, safe_torch_load, verify_checkpoint_file)
+from aitoolbox.torchtrain.train_loop.components.data_loading import loader_generator_states
+from aitoolbox.torchtrain.train_loop.components.original_checkpoint import (  # noqa: F401 (re-exported)
+    ORIGINAL_REQUIRED_KEYS, PendingSchedulerStates, apply_pending_scheduler_states, is_original_checkpoint,
+    load_original_scheduler_state, load_original_state_dict, reset_run_state, set_original_position,
+    strip_data_parallel_prefix, unknown_checkpoint_message)
+from aitoolbox.torchtrain.train_loop.components.reproducibility import (  # noqa: F401 (re-exported)
+    rank_stream_seed, seed_rank_streams)
+from aitoolbox.torchtrain.train_loop.components.rng_state import (  # noqa: F401 (re-exported)
+    restore_rng, rng_snapshot, set_rng_state)
 from aitoolbox.utils.io import atomic_torch_save
 
 logger = logging.getLogger("aitoolbox")
 
 FORMAT_VERSION = 1
-
-
-def rng_snapshot(loader) -> dict:
-    """Global RNG states and the generator states of ``loader``."""
-    return {"global": get_rng_state(), "loader": loader_generator_states(loader)}
-
-
-def restore_rng(loader, snapshot: dict) -> None:
-    """Restore a snapshot taken by :func:`rng_snapshot`."""
-    set_rng_state(snapshot["global"])
-    set_loader_generator_states(loader, snapshot["loader"])
-
-
-def rank_stream_seed(seed: int, rank: int) -> int:
-    """The seed of rank ``rank``'s random streams, derived from the run's ``seed`` (rank 0: ``seed``)."""
-    if rank == 0:
-        return int(seed)
-    digest = hashlib.sha256(f"aitoolbox-rank-stream:{int(seed)}:{int(rank)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def seed_rank_streams(rank: int, seed: Optional[int] = None) -> None:
-    """Give rank ``rank`` its own streams: torch (CPU and CUDA), Python and NumPy generators seeded
-    from :func:`rank_stream_seed` of ``seed`` and the rank, so dropout masks and augmentations
-    differ across ranks and two runs with the same seed are identical.
-
-    ``seed`` None (``fit`` was given no seed): the run's seed is ``torch.initial_seed()`` and
-    rank 0 keeps the state it has.
-    """
-    if seed is None:
-        if rank == 0:
-            return
-        seed = torch.initial_seed()
-    seed_all(rank_stream_seed(seed, rank))
 
 
 def rank_rng_state(loop) -> dict:
@@ -431,303 +406,6 @@ def load_checkpoint(loop, path: str) -> str:
     path = resolve_checkpoint_path(path)
     loop.load_state_dict(read_checkpoint(path, map_location="cpu"))
     return path
-
-
-def is_sharded_checkpoint_folder(path: str) -> bool:
-    """Whether ``path`` is a sharded (``gpu_mode='fsdp'``) checkpoint folder, not a folder of checkpoints."""
-    from aitoolbox.experiment.checkpoint_registry import SHARDED_LOOP_STATE_FILE
-
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, SHARDED_LOOP_STATE_FILE))
-
-
-def resolve_checkpoint_path(path) -> str:
-    """``path`` with ``~`` expanded; a local folder becomes its newest exact checkpoint.
-
-    Raises:
-        FileNotFoundError: a folder without a loadable checkpoint.
-    """
-    from aitoolbox.cloud.backends import backend_for_uri
-    from aitoolbox.experiment.checkpoint_registry import find_latest_checkpoint
-
-    path = os.fspath(path)
-    if backend_for_uri(path) is not None:
-        return path
-    path = os.path.expanduser(path)
-    if os.path.isdir(path) and not is_sharded_checkpoint_folder(path):
-        found = find_latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"No loadable checkpoint in the folder {path!r} (nor in its checkpoint_model/).")
-        return found
-    return path
-
-
-def read_checkpoint(path: str, map_location=None) -> dict:
-    """``torch.load(path, weights_only=True)``; an ``s3://`` or ``gs://`` URI is downloaded first.
-
-    A sharded checkpoint folder (``gpu_mode='fsdp'``) is read whole, its shards joined into full
-    tensors, whatever number of ranks wrote it.
-    """
-    from aitoolbox.cloud.backends import backend_for_uri
-
-    cloud = backend_for_uri(path)
-    if cloud is None:
-        path = os.path.expanduser(os.fspath(path))
-    if cloud is None and os.path.isdir(path):
-        from aitoolbox.torchtrain.train_loop.strategies.fsdp import read_sharded_checkpoint
-
-        return read_sharded_checkpoint(path)  # a sharded (FSDP) checkpoint folder, joined here
-    if cloud is None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"No checkpoint file at {path!r}.")
-        return safe_torch_load(path, map_location)
-    bucket, key = cloud.parse_uri(path)
-    with tempfile.TemporaryDirectory() as tmp_dir:
-        local_path = os.path.join(tmp_dir, os.path.basename(key) or "checkpoint.pt")
-        cloud.download_file(bucket, key, local_path)
-        return safe_torch_load(local_path, map_location, shown_path=path)
-
-
-def safe_torch_load(path: str, map_location=None, shown_path: Optional[str] = None):
-    """``torch.load(path, weights_only=True)``, with a clear error for a file it refuses.
-
-    Raises:
-        ValueError: the file holds objects other than tensors, containers, numbers and strings
-            (e.g. a pickled class in the hyperparameters), or is no torch file at all.
-    """
-    shown_path = shown_path or path
-    verify_checkpoint_file(path, shown_path)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        # A refused class is "Unsupported global"; both torch.save formats (zip, and the legacy
-        # one of torch < 1.6 that aitoolbox 1.8's older files have) can hold one.
-        refused = [line.strip() for line in str(error).splitlines() if "Unsupported global" in line]
-        if not zipfile.is_zipfile(path) and not refused:
-            raise ValueError(f"{shown_path!r} is not a file written by torch.save ({error}).") from error
-        lines = refused or [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
-        raise ValueError(
-            f"{shown_path!r} holds objects that torch.load(weights_only=True) refuses to unpickle"
-            f"{': ' + lines[0] if lines else ''}. aitoolbox loads checkpoints with weights_only=True only "
-            "(no code runs from a file). If you trust the file, load it yourself with "
-            "torch.load(path, weights_only=False), drop or convert the offending entries (often numpy "
-            "values or objects in 'hyperparams') and save it again with torch.save.") from error
-    except (KeyError, RuntimeError, EOFError) as error:
-        if zipfile.is_zipfile(path):
-            raise
-        raise ValueError(f"{shown_path!r} is not a file written by torch.save ({type(error).__name__}: "
-                         f"{error}).") from error
-
-
-def verify_checkpoint_file(path: str, shown_path: Optional[str] = None) -> None:
-    """Check a file before it is loaded: empty, truncated, or damaged since it was written.
-
-    ``torch.save`` writes a zip archive with a CRC-32 checksum of every part; they are verified
-    here (torch's own reader does not), so that a damaged file is refused instead of loading
-    wrong numbers.
-
-    Raises:
-        ValueError: the file is empty, truncated or fails its checksums (message names it).
-    """
-    shown_path = shown_path or path
-    size = os.path.getsize(path)
-    if size == 0:
-        raise ValueError(f"{shown_path!r} is empty (0 bytes): its write was interrupted. Load an older "
-                         "checkpoint (find_latest_checkpoint / resume=True skip such files).")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if not zipfile.is_zipfile(path):
-        if magic == b"PK\x03\x04":
-            raise ValueError(f"{shown_path!r} is truncated ({size} bytes; the end of the archive is missing): its "
-                             "write was interrupted. Load an older checkpoint (find_latest_checkpoint / "
-                             "resume=True skip such files).")
-        return  # the legacy torch.save format, or no torch file (torch.load says which)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise ValueError(f"{shown_path!r} is truncated or damaged ({size} bytes): {error}.") from error
-    if bad is not None:
-        raise ValueError(f"{shown_path!r} is corrupt: its part {bad!r} fails the CRC-32 checksum written with it "
-                         "(the file changed after it was written). Load an older checkpoint "
-                         "(find_latest_checkpoint / resume=True skip such files).")
-
-
-# ---------------------------------------------------------------------- aitoolbox 1.8 checkpoints
-#: keys of a checkpoint written by aitoolbox 1.8's savers (``model_<exp>_<ts>_E<n>.pth``)
-ORIGINAL_REQUIRED_KEYS = ("model_state_dict", "optimizer_state_dict", "epoch")
-
-
-def is_original_checkpoint(state: Any) -> bool:
-    """Whether ``state`` is a checkpoint dict of aitoolbox 1.8 (no ``format_version``)."""
-    return (isinstance(state, dict) and "format_version" not in state
-            and all(key in state for key in ORIGINAL_REQUIRED_KEYS))
-
-
-def unknown_checkpoint_message(state: Any) -> str:
-    """The error message for a loaded object that is no checkpoint this aitoolbox reads."""
-    if isinstance(state, dict) and state and all(isinstance(value, torch.Tensor) for value in state.values()):
-        return ("Not an aitoolbox checkpoint: the file holds a model state dict only, with no optimizer state or position to continue training from. "
-                "To predict with it: model.load_state_dict(torch.load(path, weights_only=True)). To continue "
-                "training, load a checkpoint of checkpoint_model/ (ModelLoadContinueTraining's default "
-                "saved_model_dir='checkpoint_model', or TrainLoop.load_checkpoint(path)).")
-    what = f"a dict with the keys {sorted(map(str, state))[:12]}" if isinstance(state, dict) \
-        else f"a {type(state).__name__}"
-    return (f"Not an aitoolbox checkpoint: the file holds {what}. Expected a checkpoint written by "
-            f"TrainLoop.save_checkpoint / ModelCheckpoint (with 'format_version'), or one written by "
-            f"aitoolbox 1.8 (with {list(ORIGINAL_REQUIRED_KEYS)}). A bare model state dict loads with "
-            "model.load_state_dict(torch.load(path, weights_only=True)).")
-
-
-def strip_data_parallel_prefix(model_state: dict) -> dict:
-    """``model_state`` without the ``module.`` prefix that ``nn.DataParallel`` / DDP added."""
-    if model_state and all(str(key).startswith("module.") for key in model_state):
-        return type(model_state)((key[len("module."):], value) for key, value in model_state.items())
-    return model_state
-
-
-def load_original_state_dict(loop, state: dict) -> None:
-    """Load an aitoolbox 1.8 checkpoint dict into ``loop``; the next ``fit`` continues after it.
-
-    Taken from it: the weights (a DataParallel ``module.`` prefix is removed), the optimizer
-    state (a list for a ``MultiOptimizer``), the AMP scaler (``amp``), the position (the epoch
-    after ``epoch``, ``iteration_idx + 1`` batches done), and the scheduler states
-    (``schedulers_state_dict``), which go to the scheduler callbacks of the next ``fit``. Such a
-    file holds no RNG state, no training history and no callback state: the continued run is
-    not bit-exact, which is logged.
-
-    Raises:
-        ValueError, RuntimeError: the weights or optimizer state do not fit the loop's.
-    """
-    plain_module(loop.module).load_state_dict(strip_data_parallel_prefix(state["model_state_dict"]))
-    if state["optimizer_state_dict"] is not None:
-        _load_original_optimizer(loop.optimizer, state["optimizer_state_dict"])
-    if state.get("amp"):
-        if loop.amp_handler.scaler is not None:
-            loop.amp_handler.load_state_dict(state["amp"])
-        else:
-            logger.info("The checkpoint holds an AMP GradScaler state; this TrainLoop uses no AMP, so it is ignored.")
-    set_original_position(loop, state)
-    reset_run_state(loop)
-    loop._pending_scheduler_states = PendingSchedulerStates(list(state.get("schedulers_state_dict") or []))
-    logger.warning("Loaded an aitoolbox 1.8 checkpoint (training continues at epoch %d): that format holds no "
-                   "RNG state, so the continued run is not exactly the uninterrupted one.", loop.epoch)
-
-
-def reset_run_state(loop) -> None:
-    """Forget the state of a run in progress after new weights were loaded from an aitoolbox 1.8 file."""
-    loop._pending_callback_state = None
-    loop.epoch_start_rng = None
-    loop.loss_batch_accum = []
-    loop._pending_grads = None
-    loop.weights_version += 1
-    loop.prediction_store.clear()
-
-
-def _load_original_optimizer(optimizer, optimizer_state) -> None:
-    if isinstance(optimizer_state, list) and not isinstance(optimizer, MultiOptimizer):
-        if len(optimizer_state) != 1:
-            raise ValueError(f"The checkpoint holds the states of {len(optimizer_state)} optimizers (a "
-                             "MultiOptimizer); give the TrainLoop a MultiOptimizer of as many optimizers.")
-        optimizer_state = optimizer_state[0]
-    elif isinstance(optimizer, MultiOptimizer) and not isinstance(optimizer_state, list):
-        raise ValueError("The TrainLoop has a MultiOptimizer but the checkpoint holds one optimizer's state; "
-                         "give the TrainLoop the single optimizer it was trained with.")
-    optimizer.load_state_dict(optimizer_state)
-
-
-def set_original_position(loop, state: dict) -> None:
-    """Put ``loop`` at the start of the epoch after the one an aitoolbox 1.8 checkpoint ended.
-
-    aitoolbox 1.8 stored the 0-based index of the finished epoch and the 0-based index of the
-    last batch (``iteration_idx``); this loop counts epochs and batches done.
-    """
-    loop.epoch, loop.iteration = int(state["epoch"]) + 1, 0
-    iteration_idx = state.get("iteration_idx")
-    if iteration_idx is not None:
-        loop.total_iteration_idx = int(iteration_idx) + 1
-    else:
-        try:
-            loop.total_iteration_idx = loop.epoch * len(loop.train_loader)
-        except TypeError:  # no train loader, or one without len()
-            loop.total_iteration_idx = 0
-    # Not saved by aitoolbox 1.8: one optimizer step per batch is assumed (no gradient accumulation).
-    loop.num_optimizer_steps = loop.total_iteration_idx
-
-
-class PendingSchedulerStates:
-    """Scheduler states of an aitoolbox 1.8 checkpoint, waiting for the scheduler callbacks of ``fit``.
-
-    Args:
-        states: ``schedulers_state_dict``: one state per scheduler, in registration order.
-        ignore_saved: with states but no schedulers: True ignores them, False raises, None warns.
-        ignore_missing_saved: with schedulers but no states: True ignores, False raises, None warns.
-    """
-
-    def __init__(self, states: list, ignore_saved: Optional[bool] = None,
-                 ignore_missing_saved: Optional[bool] = None):
-        self.states = states
-        self.ignore_saved = ignore_saved
-        self.ignore_missing_saved = ignore_missing_saved
-
-    def apply(self, schedulers: list) -> None:
-        """Load the states into ``schedulers`` (the registered scheduler callbacks).
-
-        Raises:
-            ValueError, KeyError: the counts do not match (unless told to ignore it).
-        """
-        if not self.states and schedulers:
-            self._mismatch(self.ignore_missing_saved, KeyError(
-                "The checkpoint holds no scheduler states but schedulers were given to the TrainLoop; "
-                "pass ignore_missing_saved_schedulers=True to ModelLoadContinueTraining to start them afresh."))
-            return
-        if self.states and not schedulers:
-            self._mismatch(self.ignore_saved, ValueError(
-                f"The checkpoint holds {len(self.states)} scheduler state(s) but no schedulers were given to the "
-                "TrainLoop; pass them to fit(callbacks=...), or ignore_saved_schedulers=True to "
-                "ModelLoadContinueTraining."))
-            return
-        if len(self.states) != len(schedulers):
-            raise ValueError(f"The checkpoint holds {len(self.states)} scheduler state(s) but {len(schedulers)} "
-                             "schedulers were given to the TrainLoop; give the same schedulers, in the same order.")
-        for scheduler, state in zip(schedulers, self.states):
-            load_original_scheduler_state(scheduler, state)
-
-    @staticmethod
-    def _mismatch(ignore: Optional[bool], error: Exception) -> None:
-        if ignore is False:
-            raise error
-        if ignore is None:
-            logger.warning("%s", error.args[0])
-
-
-def load_original_scheduler_state(scheduler_callback, state: dict) -> None:
-    """Load one scheduler state of an aitoolbox 1.8 checkpoint (a torch scheduler's ``state_dict``).
-
-    The learning rates the scheduler had set are put back into the optimizer as well.
-
-    Raises:
-        TypeError: ``scheduler_callback`` is no scheduler callback with a torch scheduler.
-    """
-    scheduler = getattr(scheduler_callback, "scheduler", None)
-    if scheduler is None or not callable(getattr(scheduler, "load_state_dict", None)):
-        raise TypeError(f"{type(scheduler_callback).__name__} has no torch scheduler to load the saved state into.")
-    if isinstance(state, dict) and set(state) == {"scheduler", "lrs"}:
-        scheduler_callback.load_state_dict(state)  # this aitoolbox's own callback state
-        return
-    scheduler.load_state_dict(state)
-    optimizer = getattr(scheduler, "optimizer", None)
-    last_lrs = state.get("_last_lr") if isinstance(state, dict) else None
-    if optimizer is not None and last_lrs and len(last_lrs) == len(optimizer.param_groups):
-        for group, lr in zip(optimizer.param_groups, last_lrs):
-            group["lr"] = lr
-
-
-def apply_pending_scheduler_states(loop) -> None:
-    """At the start of ``fit``: hand the scheduler states of a loaded aitoolbox 1.8 checkpoint over."""
-    pending = getattr(loop, "_pending_scheduler_states", None)
-    if pending is not None:
-        loop._pending_scheduler_states = None
-        pending.apply(loop.get_schedulers())
 
 
 def _to_device(loss, device: torch.device):

@@ -3,7 +3,7 @@
 ``seed`` seeds this process's global generators (torch CPU and CUDA, Python's ``random``, NumPy)
 when ``fit`` starts a run, before anything of the loop draws: shuffling by the loader's default
 sampler, dropout, the workers' base seeds. Under DDP / FSDP rank 0 trains on those streams and
-rank ``r > 0`` on streams seeded from ``(seed, r)`` (``checkpointing.seed_rank_streams``); the
+rank ``r > 0`` on streams seeded from ``(seed, r)`` (:func:`seed_rank_streams`); the
 distributed sampler of a loader without its own generator shuffles with ``seed`` on every rank.
 A loop that continues a run (it has trained, or a checkpoint was loaded) keeps its streams: the
 saved RNG states win over ``seed``.
@@ -15,6 +15,7 @@ workspace (``CUBLAS_WORKSPACE_CONFIG``). These are process-global settings: they
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import numbers
 import os
@@ -55,6 +56,29 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(int(seed) % 2 ** 32)
+
+
+def rank_stream_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s random streams, derived from the run's ``seed`` (rank 0: ``seed``)."""
+    if rank == 0:
+        return int(seed)
+    digest = hashlib.sha256(f"aitoolbox-rank-stream:{int(seed)}:{int(rank)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def seed_rank_streams(rank: int, seed: Optional[int] = None) -> None:
+    """Give rank ``rank`` its own streams: torch (CPU and CUDA), Python and NumPy generators seeded
+    from :func:`rank_stream_seed` of ``seed`` and the rank, so dropout masks and augmentations
+    differ across ranks and two runs with the same seed are identical.
+
+    ``seed`` None (``fit`` was given no seed): the run's seed is ``torch.initial_seed()`` and
+    rank 0 keeps the state it has.
+    """
+    if seed is None:
+        if rank == 0:
+            return
+        seed = torch.initial_seed()
+    seed_all(rank_stream_seed(seed, rank))
 
 
 def continues_run(loop) -> bool:

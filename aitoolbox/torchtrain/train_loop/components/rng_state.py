@@ -11,6 +11,9 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
+from aitoolbox.torchtrain.train_loop.components.data_loading import (
+    loader_generator_states, set_loader_generator_states)
+
 
 def get_rng_state() -> Dict[str, Any]:
     """States of Python's, NumPy's, torch's CPU and every initialised CUDA device's generator."""
@@ -32,3 +35,14 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_snapshot(loader) -> dict:
+    """Global RNG states and the generator states of ``loader``."""
+    return {"global": get_rng_state(), "loader": loader_generator_states(loader)}
+
+
+def restore_rng(loader, snapshot: dict) -> None:
+    """Restore a snapshot taken by :func:`rng_snapshot`."""
+    set_rng_state(snapshot["global"])
+    set_loader_generator_states(loader, snapshot["loader"])
