@@ -32,7 +32,7 @@ from aitoolbox.torchtrain.train_loop.components.pred_collate_fns import append_p
 from aitoolbox.torchtrain.train_loop.components.prediction_store import PredictionStore
 from aitoolbox.torchtrain.train_loop.components import validation
 from aitoolbox.torchtrain.train_loop.components import loss_weighting as weighting
-from aitoolbox.torchtrain.train_loop.components import reproducibility
+from aitoolbox.torchtrain.train_loop.components import reproducibility, rng_state
 from aitoolbox.torchtrain.train_loop.components.streams import StreamState, has_length
 from aitoolbox.torchtrain.train_loop.components.loss_values import LossValues
 from aitoolbox.torchtrain.callbacks.progress import format_duration, format_value
@@ -527,7 +527,7 @@ class TrainLoop(EvaluationAPI):
         self._epoch_len = self._batches_this_epoch()
         self._epoch_start_time = time.perf_counter()
         if self.iteration == 0:
-            self.epoch_start_rng = checkpointing.rng_snapshot(self.train_loader)
+            self.epoch_start_rng = rng_state.rng_snapshot(self.train_loader)
             self.loss_batch_accum, self.loss_weight_accum = [], []
             self.callbacks_handler.execute("on_epoch_begin")
             return self._epoch_batches(iter(self.train_loader))
@@ -535,12 +535,12 @@ class TrainLoop(EvaluationAPI):
         if resumed is not None:  # a stateful stream, put back at the checkpoint's position
             return self._epoch_batches(resumed)
         # Mid-epoch: replay the epoch's start so that the remaining batches come in the same order.
-        current_rng = checkpointing.rng_snapshot(self.train_loader)
-        checkpointing.restore_rng(self.train_loader, self.epoch_start_rng)
+        current_rng = rng_state.rng_snapshot(self.train_loader)
+        rng_state.restore_rng(self.train_loader, self.epoch_start_rng)
         batches = iter(self.train_loader)
         for _ in itertools.islice(batches, self.iteration):
             pass
-        checkpointing.restore_rng(self.train_loader, current_rng)
+        rng_state.restore_rng(self.train_loader, current_rng)
         return self._epoch_batches(batches)
 
     def _epoch_batches(self, batches):

@@ -19,7 +19,7 @@ from torch.utils.data import (DataLoader, DistributedSampler, IterableDataset, R
                               SequentialSampler)
 
 from aitoolbox.torchtrain.data.sharded_stream import ShardedIterable
-from aitoolbox.torchtrain.train_loop.components.checkpointing import rank_stream_seed
+from aitoolbox.torchtrain.train_loop.components.reproducibility import rank_stream_seed
 from aitoolbox.torchtrain.train_loop.components.data_loading import (
     copy_loader, eval_loader, has_custom_batch_sampler)
 

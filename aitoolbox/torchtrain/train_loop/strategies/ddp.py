@@ -170,7 +170,7 @@ class DDPStrategy(DeviceStrategy):
         loop._eval_loaders = {}  # loaders prepared before this process became a rank
 
     def _set_rank_streams(self, loop, rank: int, world_size: int) -> None:
-        """Each rank draws from its own random streams (see ``checkpointing.seed_rank_streams``).
+        """Each rank draws from its own random streams (see ``reproducibility.seed_rank_streams``).
 
         A checkpoint with every rank's states (``rank_rng_states``) gives each rank its own back
         (the train loader's generators once the rank's copy of the loader exists, in
@@ -188,7 +188,7 @@ class DDPStrategy(DeviceStrategy):
                            "streams, so the continued run is not exactly the uninterrupted one.", world_size)
         run_seed = getattr(loop, "_run_seed", None)
         if run_seed is not None or not self._rank_streams_ready:
-            checkpointing.seed_rank_streams(rank, run_seed)
+            reproducibility.seed_rank_streams(rank, run_seed)
             self._rank_streams_ready = True
 
     def _start_heartbeat(self, loop, config: DDPConfig, rank: int, world_size: int) -> None:

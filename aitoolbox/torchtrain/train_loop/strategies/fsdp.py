@@ -37,7 +37,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionP
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from aitoolbox.torchtrain.model import ModelFeed
-from aitoolbox.torchtrain.train_loop.components import checkpointing
+from aitoolbox.torchtrain.train_loop.components import checkpoint_files
 from aitoolbox.torchtrain.train_loop.strategies import data
 from aitoolbox.torchtrain.train_loop.strategies.base import DeviceStrategy
 from aitoolbox.torchtrain.multi_loss_optim import MultiOptimizer
@@ -419,7 +419,7 @@ def read_sharded_checkpoint(path: str) -> dict:
     loop_file = os.path.join(path, LOOP_STATE_FILE)
     if not os.path.isfile(loop_file):
         raise FileNotFoundError(f"{path!r} is no sharded checkpoint folder (it has no {LOOP_STATE_FILE}).")
-    state = checkpointing.safe_torch_load(loop_file, map_location="cpu")
+    state = checkpoint_files.safe_torch_load(loop_file, map_location="cpu")
     with tempfile.TemporaryDirectory(prefix="aitoolbox-dcp-") as tmp:
         full_path = os.path.join(tmp, "full.pt")
         dcp_to_torch_save(path, full_path)
