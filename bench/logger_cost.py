@@ -1,8 +1,8 @@
 """The logging path's own cost per step, outside a fit: ``python -m bench.logger_cost [ROUNDS]``.
 
 Drives ``LoggerCallback.on_batch_end`` 2,000 times on a stand-in loop (CPU loss tensors, one
-param group), then times the flush's parts separately: turning the buffered steps into rows,
-``CSVLogger.log_steps`` and ``TensorBoardLogger.log_steps`` over the 2,000 rows. Pure Python in
+param group), then times the flush's parts separately: turning the buffered steps into columns,
+``CSVLogger.log_columns`` and ``TensorBoardLogger.log_columns`` over the 2,000 steps. Pure Python in
 warm caches: a lower bound of what scenario 10 measures inside a real ``fit`` (where the training
 step's work has evicted the interpreter's caches between two hooks).
 """
@@ -16,7 +16,7 @@ import torch
 
 from aitoolbox.experiment.loggers.csv_logger import CSVLogger
 from aitoolbox.experiment.loggers.tensorboard_logger import TensorBoardLogger
-from aitoolbox.torchtrain.callbacks.loggers import LoggerCallback
+from aitoolbox.torchtrain.callbacks.loggers import LoggerCallback, _column
 
 STEPS = 2000
 
@@ -39,15 +39,16 @@ def one_round(folder: str) -> list:
         loop.loss_batch_accum.append(losses[i])
         callback.on_batch_end()
     hook = time.perf_counter()
-    names, rows = callback._step_rows(callback._buffer)
+    buffer = callback._buffer
+    steps, wall_times = _column(buffer, 0), _column(buffer, 1)
+    names, columns = callback._step_columns(buffer, callback._loss_floats(buffer))
     converted = time.perf_counter()
-    steps, wall_times = [b[0] for b in callback._buffer], [b[1] for b in callback._buffer]
     csv_logger.setup(None)
     tb_logger.setup(None)
     t0 = time.perf_counter()
-    csv_logger.log_steps(names, steps, wall_times, rows)
+    csv_logger.log_columns(names, steps, wall_times, columns)
     t1 = time.perf_counter()
-    tb_logger.log_steps(names, steps, wall_times, rows)
+    tb_logger.log_columns(names, steps, wall_times, columns)
     t2 = time.perf_counter()
     csv_logger.finalize()
     tb_logger.finalize()
@@ -57,7 +58,7 @@ def one_round(folder: str) -> list:
 def main(rounds: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         results = [one_round(f"{folder}/{r}") for r in range(rounds)]
-    labels = ["on_batch_end", "rows (tensors -> floats)", "CSV block", "TensorBoard block"]
+    labels = ["on_batch_end", "columns (tensors -> floats)", "CSV block", "TensorBoard block"]
     medians = []
     for label, values in zip(labels, zip(*results)):
         medians.append(statistics.median(values))
