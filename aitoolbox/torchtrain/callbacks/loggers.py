@@ -31,6 +31,7 @@ import collections
 import logging
 import numbers
 import operator
+import sys
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -172,8 +173,10 @@ class LoggerCallback(AbstractCallback):
         self._one_group = len(self._groups) == 1  # the common case reads one dict entry per step
         self._group0 = self._groups[0] if self._groups else None
         self._lr_names = _lr_names(loop.optimizers)
-        from aitoolbox.torchtrain.callbacks.gradient import GradNormClip
-        self._norm_sources = [cb for cb in loop.callbacks if isinstance(cb, GradNormClip)]
+        # a GradNormClip exists only where its module was imported: no import (3 modules) otherwise
+        gradient = sys.modules.get("aitoolbox.torchtrain.callbacks.gradient")
+        self._norm_sources = [] if gradient is None else [cb for cb in loop.callbacks
+                                                          if isinstance(cb, gradient.GradNormClip)]
         self._last_norm_step = loop.num_optimizer_steps
         self._num_seen = {name: len(values) for name, values in loop.train_history.items()}
         self._buffer = []
@@ -208,9 +211,9 @@ class LoggerCallback(AbstractCallback):
             self._last_norm_step = loop.num_optimizer_steps
             norms = [dict(cb.total_norms) for cb in self._norm_sources]  # the callback reuses its dict
         lrs = self._group0["lr"] if self._one_group else [g["lr"] for g in self._groups]
-        losses = loop.loss_batch_accum
-        self._buffer.append((step, time.time(), losses[-1], lrs, norms, len(losses) - 1))
-        if len(self._buffer) >= self.flush_every_n_steps:
+        losses, buffer = loop.loss_batch_accum, self._buffer
+        buffer.append((step, time.time(), losses[-1], lrs, norms, len(losses) - 1))
+        if len(buffer) >= self.flush_every_n_steps:
             self.flush()
 
     def flush(self) -> None:
