@@ -91,8 +91,9 @@ def main(rounds: int) -> None:
     total = 0.0
     for label in PARTS[2:]:
         values = [r[label] for r in results]
-        total += statistics.median(values)
-        print(f"{label}: median {statistics.median(values):.2f} µs/step (min {min(values):.2f}, max {max(values):.2f})")
+        median = statistics.median(values)
+        total += median
+        print(f"{label}: median {median:.2f} µs/step (min {min(values):.2f}, max {max(values):.2f})")
     print(f"total: {total:.2f} µs/step")
 
 

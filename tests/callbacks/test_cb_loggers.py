@@ -244,5 +244,6 @@ def test_block_crcs_of_many_records_per_varint_width(tmp_path):
     values = np.random.default_rng(1).normal(size=(300, 2)) * 10.0 ** np.arange(-3, 3).repeat(50)[:, None]
     wall_times = [1.7e9 + i * 2.1e-4 for i in steps]
     block = writer.scalar_block(steps, wall_times, ("a", "b/c"), values)
-    assert block == b"".join(writer.scalar_event(s, t, ("a", "b/c"), list(v)) for s, t, v in zip(steps, wall_times, values))
+    one_by_one = [writer.scalar_event(s, t, ("a", "b/c"), list(v)) for s, t, v in zip(steps, wall_times, values)]
+    assert block == b"".join(one_by_one)
     writer.close()

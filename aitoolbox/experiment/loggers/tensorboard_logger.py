@@ -8,7 +8,8 @@ masked CRC-32C of the length, data, masked CRC-32C of the data). The tag bytes a
 per tag; the CRC comes from ``google-crc32c`` (C) when installed, else from tensorboard's own
 pure-Python one. A block of steps is laid out with numpy; its CRCs are computed record by record
 (in one ``map`` over the records when the C CRC is there) and masked with numpy. Anything else
-(the hyperparameters' text summary) goes through tensorboard's protobuf classes. TensorBoard, ``EventAccumulator`` and ``tf.data`` read the files as usual.
+(the hyperparameters' text summary) goes through tensorboard's protobuf classes. TensorBoard,
+``EventAccumulator`` and ``tf.data`` read the files as usual.
 """
 from __future__ import annotations
 
