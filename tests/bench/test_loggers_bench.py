@@ -29,3 +29,18 @@ def test_the_timed_callback_logs_every_step(tmp_path):
     assert callback.calls == 25 + 3  # every batch end, plus train begin, epoch end and train end
     with open(tmp_path / "steps.csv") as f:
         assert len(f.readlines()) == 1 + 25
+
+
+def test_logger_cost_runs_every_part_of_the_logging_path(tmp_path):
+    # bench.logger_cost times (or counts) each part in turn: every part runs, in order, and the
+    # files hold every driven step
+    from bench import logger_cost
+    seen = []
+
+    def part(label, fn):
+        seen.append(label)
+        return fn()
+    logger_cost.run_parts(str(tmp_path), part)
+    assert seen == logger_cost.PARTS
+    with open(tmp_path / "csv" / "steps.csv") as f:
+        assert len(f.readlines()) == 1 + logger_cost.STEPS

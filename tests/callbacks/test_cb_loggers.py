@@ -194,3 +194,56 @@ def test_multiloss_and_several_optimizers_get_a_column_each(tmp_path):
     for row in rows:
         assert float(row["train/loss"]) == pytest.approx(float(row["train/loss_a"]) + float(row["train/loss_b"]))
         assert (row["train/lr_opt0_group0"], row["train/lr_opt1_group0"]) == ("0.1", "0.2")
+
+
+def test_a_block_by_columns_writes_what_the_same_rows_write(tmp_path):
+    # CSV: the same file from log_columns and log_steps, a constant column formatted once per block
+    # reads back as every row's value, a missing value (None) is a blank; TensorBoard: a missing
+    # value is left out of its step (not written as NaN)
+    pytest.importorskip("tensorboard")
+    names, steps, wall_times = ["train/loss", "train/lr", "train/grad_norm"], [1, 2, 3], [1.7e9, 1.7e9 + 0.5, 1.7e9 + 1]
+    columns = [[0.75, 0.5, 0.25], [0.05, 0.05, 0.05], [1.5, None, 2.5]]
+    rows = [[c[i] for c in columns] for i in range(3)]
+    by_columns, by_rows, tb = CSVLogger(tmp_path / "c"), CSVLogger(tmp_path / "r"), TensorBoardLogger(tmp_path / "tb")
+    for lg in (by_columns, by_rows, tb):
+        lg.setup(None)
+    by_columns.log_columns(names, steps, wall_times, columns)
+    by_rows.log_steps(names, steps, wall_times, rows)
+    tb.log_columns(names, steps, wall_times, columns)
+    for lg in (by_columns, by_rows, tb):
+        lg.finalize()
+    with open(by_columns.steps_path) as a, open(by_rows.steps_path) as b:
+        assert a.read() == b.read()
+    read = read_csv(by_columns.steps_path)
+    assert [r["train/lr"] for r in read] == ["0.05"] * 3 and [r["train/grad_norm"] for r in read] == ["1.5", "", "2.5"]
+    assert [float(r["train/loss"]) for r in read] == columns[0]
+    events = read_events(tmp_path / "tb")
+    assert [(e.step, e.value) for e in events.Scalars("train/grad_norm")] == [(1, 1.5), (3, 2.5)]
+    assert [e.value for e in events.Scalars("train/loss")] == columns[0]
+
+
+def test_the_default_log_columns_hands_rows_to_log_steps():
+    seen = []
+
+    class RowLogger(ExperimentLogger):
+        def log_steps(self, names, steps, wall_times, rows):
+            seen.append((names, steps, wall_times, rows))
+
+    RowLogger().log_columns(["a", "b"], (4, 5), (1.0, 2.0), [(0.1, 0.2), [3.0, None]])
+    assert seen == [(["a", "b"], (4, 5), (1.0, 2.0), [[0.1, 3.0], [0.2, None]])]
+
+
+def test_block_crcs_of_many_records_per_varint_width(tmp_path):
+    # 300 records (varints of 1 and 2 bytes, float32 values of every kind of bit pattern): the
+    # block equals the record-by-record encoding byte for byte
+    import numpy as np
+    from aitoolbox.experiment.loggers.tensorboard_logger import EventFileWriter
+
+    writer = EventFileWriter(str(tmp_path))
+    steps = list(range(1, 301))
+    values = np.random.default_rng(1).normal(size=(300, 2)) * 10.0 ** np.arange(-3, 3).repeat(50)[:, None]
+    wall_times = [1.7e9 + i * 2.1e-4 for i in steps]
+    block = writer.scalar_block(steps, wall_times, ("a", "b/c"), values)
+    one_by_one = [writer.scalar_event(s, t, ("a", "b/c"), list(v)) for s, t, v in zip(steps, wall_times, values)]
+    assert block == b"".join(one_by_one)
+    writer.close()

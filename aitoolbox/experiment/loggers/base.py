@@ -8,7 +8,7 @@ Call order (all on the main process, never inside a collective)::
 
     setup(experiment_dir)            once, before anything is logged
     log_hyperparams(params)          once, at the start of training
-    log_steps(names, steps, wall_times, rows) / log_metrics(metrics, step)   many times
+    log_columns(names, steps, wall_times, columns) / log_metrics(metrics, step)   many times
     log_epoch_metrics(metrics, step, epoch)   at every epoch end
     log_artifact(path)               at the end of training (the experiment folder's files)
     finalize(status)                 once, at the end ('success') or after a crash ('failed')
@@ -22,8 +22,9 @@ from typing import Any, Mapping, Optional, Sequence
 class ExperimentLogger:
     """Base of the experiment loggers (CSV, TensorBoard, MLflow, Weights & Biases).
 
-    Subclasses implement at least :meth:`log_metrics`; :meth:`log_steps` and
-    :meth:`log_epoch_metrics` default to it, the other methods to doing nothing. A method may
+    Subclasses implement at least :meth:`log_metrics`; :meth:`log_columns` (what the callback
+    calls with each block of steps) defaults to :meth:`log_steps`, which defaults to
+    :meth:`log_metrics`, as does :meth:`log_epoch_metrics`; the other methods do nothing. A method may
     raise (a server that is down): the ``LoggerCallback`` warns once, keeps the values and hands
     them over again later, and training goes on.
 
@@ -70,6 +71,23 @@ class ExperimentLogger:
         """
         for step, row in zip(steps, rows):
             self.log_metrics({n: v for n, v in zip(names, row) if v is not None}, step)
+
+    def log_columns(self, names: Sequence[str], steps: Sequence[int], wall_times: Sequence[float],
+                    columns: Sequence[Sequence[Optional[float]]]) -> None:
+        """Record a block of per-step values by columns: ``columns[j][i]`` is ``names[j]`` at ``steps[i]``.
+
+        What ``LoggerCallback`` calls with each block (columns are what the callback collects and
+        what the CSV and TensorBoard writers lay out fastest). The default hands the block to
+        :meth:`log_steps` as rows. The arguments are shared with the other loggers: read them,
+        do not change them.
+
+        Args:
+            names: metric names, one per column.
+            steps: the step of each row.
+            wall_times: when each step ended (``time.time()``).
+            columns: one sequence of ``len(steps)`` values (None: not measured) per name.
+        """
+        self.log_steps(names, steps, wall_times, columns_to_rows(columns, len(steps)))
 
     def log_epoch_metrics(self, metrics: Mapping[str, float], step: int, epoch: int) -> None:
         """Record the values an epoch's end put into the training history.
@@ -126,3 +144,13 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict:
         else:
             flat[name] = value
     return flat
+
+
+def columns_to_rows(columns: Sequence[Sequence], num_rows: int) -> list:
+    """``columns[j][i]`` as ``rows[i][j]`` (lists)."""
+    return [list(row) for row in zip(*columns)] if columns else [[] for _ in range(num_rows)]
+
+
+def rows_to_columns(rows: Sequence[Sequence], num_columns: int) -> list:
+    """``rows[i][j]`` as ``columns[j][i]`` (lists)."""
+    return [list(column) for column in zip(*rows)] if rows else [[] for _ in range(num_columns)]

@@ -19,7 +19,7 @@ import logging
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from aitoolbox.experiment.loggers.base import ExperimentLogger, flatten_params, resolve_folder
+from aitoolbox.experiment.loggers.base import ExperimentLogger, flatten_params, resolve_folder, rows_to_columns
 from aitoolbox.utils.io import atomic_write_text
 
 logger = logging.getLogger("aitoolbox")
@@ -69,16 +69,33 @@ class CSVLogger(ExperimentLogger):
 
     def log_steps(self, names: Sequence[str], steps: Sequence[int], wall_times: Sequence[float],
                   rows: Sequence[Sequence[Optional[float]]]) -> None:
+        self.log_columns(names, steps, wall_times, rows_to_columns(rows, len(names)))
+
+    def log_columns(self, names: Sequence[str], steps: Sequence[int], wall_times: Sequence[float],
+                    columns: Sequence[Sequence[Optional[float]]]) -> None:
         order = self._column_order(names)
         if order is not None:
-            rows = [[None if j is None else row[j] for j in order] for row in rows]
-        # 9 significant digits: exact for float32 values (the batch losses), one fast % per row
-        line = "%d,%.3f" + ",%.9g" * len(self._columns) + "\n"
-        try:  # a whole block without missing values: one % over all of it
-            text = (line * len(steps)) % tuple(x for row in zip(steps, wall_times, *zip(*rows)) for x in row)
+            columns = [[None] * len(steps) if j is None else columns[j] for j in order]
+        # the values interleaved row by row with slice assignments (in C), then one % over the
+        # block; 9 significant digits: exact for float32 values (the batch losses); a column with
+        # one value throughout the block (mostly the learning rate) is formatted once
+        columns = [c if isinstance(c, (list, tuple)) else list(c) for c in columns]
+        line, varying, n = "%d,%.3f", [], len(steps)
+        for column in columns:
+            if n and column[0] is not None and column[-1] == column[0] and column.count(column[0]) == n:
+                line += ",%.9g" % column[0]
+            else:
+                line += ",%.9g"
+                varying.append(column)
+        width = 2 + len(varying)
+        flat = [None] * (width * n)
+        flat[0::width], flat[1::width] = steps, wall_times
+        for j, column in enumerate(varying):
+            flat[2 + j::width] = column
+        try:
+            text = (line + "\n") * n % tuple(flat)
         except TypeError:  # a value is None: row by row, blank where missing
-            text = "".join([line % (step, wall_time, *row) if None not in row else _slow_line(step, wall_time, row)
-                            for step, wall_time, row in zip(steps, wall_times, rows)])
+            text = "".join([_slow_line(row[0], row[1], row[2:]) for row in zip(steps, wall_times, *columns)])
         self._steps_file.write(text)
         self._steps_file.flush()
 

@@ -6,8 +6,10 @@ logger encodes their ``Event`` records itself: one event per step holding every 
 step (``Event{wall_time, step, summary{value{tag, simple_value}}}``), framed as TFRecords (length,
 masked CRC-32C of the length, data, masked CRC-32C of the data). The tag bytes are encoded once
 per tag; the CRC comes from ``google-crc32c`` (C) when installed, else from tensorboard's own
-pure-Python one. Anything else (the hyperparameters' text summary) goes through tensorboard's
-protobuf classes. TensorBoard, ``EventAccumulator`` and ``tf.data`` read the files as usual.
+pure-Python one. A block of steps is laid out with numpy; its CRCs are computed record by record
+(in one ``map`` over the records when the C CRC is there) and masked with numpy. Anything else
+(the hyperparameters' text summary) goes through tensorboard's protobuf classes. TensorBoard,
+``EventAccumulator`` and ``tf.data`` read the files as usual.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-from aitoolbox.experiment.loggers.base import ExperimentLogger, flatten_params, resolve_folder
+from aitoolbox.experiment.loggers.base import (ExperimentLogger, columns_to_rows, flatten_params, resolve_folder,
+                                               rows_to_columns)
 from aitoolbox.utils.optional import import_optional
 
 _UINT64, _UINT32 = struct.Struct("<Q").pack, struct.Struct("<I").pack
@@ -44,20 +47,26 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _crc_function() -> Callable[[bytes], int]:
-    """The masked CRC-32C of TFRecords, from ``google_crc32c`` when installed."""
+def _crc_functions() -> tuple:
+    """``(masked, raw)``: the masked CRC-32C of TFRecords, and the plain CRC-32C from
+    ``google_crc32c`` when installed (None without it)."""
     try:
         import google_crc32c
     except ImportError:
         module = import_optional("tensorboard.compat.tensorflow_stub.pywrap_tensorflow", "tensorboard",
                                  "TensorBoardLogger")
-        return module.masked_crc32c
+        return module.masked_crc32c, None
     value = google_crc32c.value
 
     def masked_crc32c(data: bytes) -> int:
         crc = value(data)
         return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-    return masked_crc32c
+    return masked_crc32c, value
+
+
+def _masked(crcs: np.ndarray) -> np.ndarray:
+    """TFRecord's mask of ``uint32`` CRCs (rotated right by 15 bits, plus a constant), wrapping as uint32."""
+    return ((crcs >> np.uint32(15)) | (crcs << np.uint32(17))) + np.uint32(0xA282EAD8)
 
 
 class EventFileWriter:
@@ -73,7 +82,7 @@ class EventFileWriter:
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{_file_counter}"
         self.path = os.path.join(folder, name)
         self._file = open(self.path, "ab")
-        self._crc = _crc_function()
+        self._crc, self._raw_crc = _crc_functions()
         self._headers: Dict[int, bytes] = {}
         self._tags: Dict[str, bytes] = {}
         self._summaries: Dict[tuple, Callable[..., bytes]] = {}
@@ -118,12 +127,14 @@ class EventFileWriter:
         laid out together in one ``uint8`` array (a template row, then the time, step, value
         columns written with numpy); only the CRCs are computed record by record.
         """
-        steps = np.asarray(steps, dtype=np.int64)
-        widths = np.ones(len(steps), dtype=np.int64)
+        n = len(steps)
+        steps = np.asarray(steps, dtype=np.int64) if isinstance(steps, np.ndarray) else \
+            np.frombuffer(struct.pack(f"<{n}q", *steps), dtype="<i8")
+        widths = np.ones(n, dtype=np.int64)
         for shift in range(7, 64, 7):
             widths += steps >= (1 << shift)
-        cuts = [0, *(np.flatnonzero(np.diff(widths)) + 1).tolist(), len(steps)]
-        wall_times, values = np.asarray(wall_times, dtype="<f8"), np.asarray(values, dtype="<f4")
+        cuts = [0, *(np.flatnonzero(np.diff(widths)) + 1).tolist(), n]
+        wall_times, values = _float64s(wall_times), np.asarray(values, dtype="<f4")
         return b"".join(self._same_width_block(steps[lo:hi], wall_times[lo:hi], values[lo:hi], tags, int(widths[lo]))
                         for lo, hi in zip(cuts[:-1], cuts[1:]))
 
@@ -141,9 +152,13 @@ class EventFileWriter:
             offset += len(encoded)
             rows[:, offset:offset + 4] = np.ascontiguousarray(values[:, i]).view(np.uint8).reshape(n, 4)
             offset += 4
-        flat, size, crc = rows.tobytes(), rows.shape[1], self._crc  # bytes: what the C CRC takes
-        crcs = np.array([crc(flat[r * size + 12:(r + 1) * size - 4]) for r in range(n)], dtype="<u4")
-        rows[:, -4:] = crcs.view(np.uint8).reshape(n, 4)
+        flat, size = rows.tobytes(), rows.shape[1]  # bytes: what the C CRC takes
+        records = [flat[start:start + len(data)] for start in range(12, n * size, size)]
+        if self._raw_crc is not None:
+            crcs = _masked(np.fromiter(map(self._raw_crc, records), dtype=np.uint32, count=n))
+        else:
+            crcs = np.fromiter(map(self._crc, records), dtype=np.uint32, count=n)
+        rows[:, -4:] = crcs.astype("<u4").view(np.uint8).reshape(n, 4)
         return rows.tobytes()
 
     def _summary_packer(self, tags: Sequence[str]) -> Callable[..., bytes]:
@@ -171,6 +186,14 @@ class EventFileWriter:
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
+
+
+def _float64s(values: Sequence[float]) -> np.ndarray:
+    """``values`` as a float64 array (a list of Python floats through ``struct``, in C: a fraction
+    of numpy's per-element conversion). Raises ``struct.error`` at a None."""
+    if isinstance(values, np.ndarray):
+        return values.astype("<f8", copy=False)
+    return np.frombuffer(struct.pack(f"<{len(values)}d", *values), dtype="<f8")
 
 
 def _len_prefixed(data: bytes) -> bytes:
@@ -221,17 +244,23 @@ class TensorBoardLogger(ExperimentLogger):
 
     def log_steps(self, names: Sequence[str], steps: Sequence[int], wall_times: Sequence[float],
                   rows: Sequence[Sequence[Optional[float]]]) -> None:
-        names = tuple(names)
-        try:
-            values = np.array(rows, dtype=np.float64)  # a TypeError when a value is missing (None)
-        except (TypeError, ValueError):
-            values = None
-        if values is not None and values.shape == (len(steps), len(names)) and len(steps) > 1:
+        self.log_columns(names, steps, wall_times, rows_to_columns(rows, len(names)))
+
+    def log_columns(self, names: Sequence[str], steps: Sequence[int], wall_times: Sequence[float],
+                    columns: Sequence[Sequence[Optional[float]]]) -> None:
+        names, n = tuple(names), len(steps)
+        values = None
+        if len(columns) == len(names) and n > 1:
+            try:
+                values = np.stack([_float64s(column) for column in columns], axis=1)
+            except (struct.error, TypeError, ValueError):  # a missing value (None)
+                values = None
+        if values is not None:
             self.writer.write_records([self.writer.scalar_block(steps, wall_times, names, values)], framed=True)
-        else:
+        else:  # record by record, leaving the missing values out
             event = self.writer.scalar_event
-            self.writer.write_records([event(s, t, names, row) for s, t, row in zip(steps, wall_times, rows)],
-                                      framed=True)
+            self.writer.write_records([event(s, t, names, row) for s, t, row in
+                                       zip(steps, wall_times, columns_to_rows(columns, n))], framed=True)
         self.writer.flush()
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:

@@ -14,8 +14,8 @@ What it logs:
 
 Cost: the hot path (``on_batch_end``) only appends the step, the time, the loss *tensor* and the
 learning rates to a list. The values become Python numbers when a block is handed to the loggers
-(every ``flush_every_n_steps`` logged steps and at every epoch end), in one go: a CUDA run does
-not synchronise with the device per step.
+(every ``flush_every_n_steps`` logged steps and at every epoch end), in one go, as columns
+(``ExperimentLogger.log_columns``): a CUDA run does not synchronise with the device per step.
 
 Under DDP the callback runs on rank 0 only (``device_idx_execution=0``): the batch loss is rank
 0's, the history values are the loop's (averaged over the ranks where the loop does so). It never
@@ -30,12 +30,14 @@ from __future__ import annotations
 import collections
 import logging
 import numbers
+import operator
+import sys
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from aitoolbox.experiment.loggers.base import ExperimentLogger
+from aitoolbox.experiment.loggers.base import ExperimentLogger, rows_to_columns
 from aitoolbox.torchtrain.callbacks.abstract import AbstractCallback
 from aitoolbox.torchtrain.multi_loss_optim import MultiLoss
 
@@ -171,8 +173,10 @@ class LoggerCallback(AbstractCallback):
         self._one_group = len(self._groups) == 1  # the common case reads one dict entry per step
         self._group0 = self._groups[0] if self._groups else None
         self._lr_names = _lr_names(loop.optimizers)
-        from aitoolbox.torchtrain.callbacks.gradient import GradNormClip
-        self._norm_sources = [cb for cb in loop.callbacks if isinstance(cb, GradNormClip)]
+        # a GradNormClip exists only where its module was imported: no import (3 modules) otherwise
+        gradient = sys.modules.get("aitoolbox.torchtrain.callbacks.gradient")
+        self._norm_sources = [] if gradient is None else [cb for cb in loop.callbacks
+                                                          if isinstance(cb, gradient.GradNormClip)]
         self._last_norm_step = loop.num_optimizer_steps
         self._num_seen = {name: len(values) for name, values in loop.train_history.items()}
         self._buffer = []
@@ -207,9 +211,9 @@ class LoggerCallback(AbstractCallback):
             self._last_norm_step = loop.num_optimizer_steps
             norms = [dict(cb.total_norms) for cb in self._norm_sources]  # the callback reuses its dict
         lrs = self._group0["lr"] if self._one_group else [g["lr"] for g in self._groups]
-        losses = loop.loss_batch_accum
-        self._buffer.append((step, time.time(), losses[-1], lrs, norms, len(losses) - 1))
-        if len(self._buffer) >= self.flush_every_n_steps:
+        losses, buffer = loop.loss_batch_accum, self._buffer
+        buffer.append((step, time.time(), losses[-1], lrs, norms, len(losses) - 1))
+        if len(buffer) >= self.flush_every_n_steps:
             self.flush()
 
     def flush(self) -> None:
@@ -217,45 +221,47 @@ class LoggerCallback(AbstractCallback):
         if not self._buffer:
             return
         buffer, self._buffer = self._buffer, []
-        names, rows = self._step_rows(buffer)
-        steps, wall_times = [b[0] for b in buffer], [b[1] for b in buffer]
+        steps, wall_times = _column(buffer, 0), _column(buffer, 1)
+        names, columns = self._step_columns(buffer, self._loss_floats(buffer))
         for guard in self.guards:
-            guard.call("log_steps", names, steps, wall_times, rows)
+            guard.call("log_columns", names, steps, wall_times, columns)
 
-    def _step_rows(self, buffer: Sequence[tuple]):
-        """``(names, rows)`` of the buffered steps, as Python numbers."""
-        losses = self._loss_floats(buffer)
+    def _step_columns(self, buffer: Sequence[tuple], losses: list):
+        """``(names, columns)`` of the buffered steps, as Python numbers."""
+        lrs = _column(buffer, 3)
         names = ["train/loss"]
         if isinstance(losses[0], dict):
             names += [f"train/loss_{n}" for n in list(losses[0])[1:]]
         names += self._lr_names
         norm_names = self._norm_names()
-        if self._one_group and not norm_names and not isinstance(losses[0], dict):  # the common case, by columns
-            lrs = [b[3] for b in buffer]
-            if type(lrs[0]) is not float:  # a tensor learning rate
-                lrs = [float(lr) for lr in lrs]
-            return names, [[loss, lr] for loss, lr in zip(losses, lrs)]
+        if self._one_group and not norm_names and not isinstance(losses[0], dict):  # the common case
+            return names, [losses, lrs if type(lrs[0]) is float else [float(lr) for lr in lrs]]
         rows = []
-        for loss, (_, _, _, lrs, norms, _) in zip(losses, buffer):
+        for loss, step_lrs, step_norms in zip(losses, lrs, _column(buffer, 4)):
             row = list(loss.values()) if isinstance(loss, dict) else [loss]
-            row += [float(lrs)] if self._one_group else [float(lr) for lr in lrs]
+            row += [float(step_lrs)] if self._one_group else [float(lr) for lr in step_lrs]
             if norm_names:
-                row += _norm_values(norms, len(norm_names))
+                row += _norm_values(step_norms, len(norm_names))
             rows.append(row)
-        return names + norm_names, rows
+        return names + norm_names, rows_to_columns(rows, len(names) + len(norm_names))
 
     def _loss_floats(self, buffer: Sequence[tuple]) -> list:
         """The buffered batch losses as floats: the loop's own floats of ``loss_batch_accum`` where
         the loss is still there (each loss is converted once, for the progress display, the
         epoch's mean and the loggers together), else converted here."""
-        losses = [b[2] for b in buffer]
         shared = getattr(self.train_loop_obj, "_loss_values", None)
         accum = self.train_loop_obj.loss_batch_accum
-        if shared is None or not isinstance(losses[0], torch.Tensor) or not accum:
-            return _to_floats(losses)
-        values, n = shared.update(accum), len(accum)
-        return [values[i] if i < n and accum[i] is loss else float(loss)
-                for loss, i in zip(losses, (b[5] for b in buffer))]
+        if shared is None or not isinstance(buffer[0][2], torch.Tensor) or not accum:
+            return _to_floats(_column(buffer, 2))
+        values = shared.update(accum)
+        first, last = buffer[0][5], buffer[-1][5]
+        stride = buffer[1][5] - first if len(buffer) > 1 else 1
+        if stride > 0 and last < len(values):  # the usual case: evenly spaced, still in the epoch's list
+            window = slice(first, last + 1, stride)
+            if len(accum[window]) == len(buffer) and all(map(operator.is_, accum[window], map(_LOSS, buffer))):
+                return values[window]
+        n = len(accum)
+        return [values[i] if i < n and accum[i] is loss else float(loss) for _, _, loss, _, _, i in buffer]
 
     def _norm_names(self) -> List[str]:
         count = sum(max(1, len(cb.total_norms)) for cb in self._norm_sources)
@@ -302,6 +308,14 @@ class LoggerCallback(AbstractCallback):
             logger.warning("LoggerCallback: flushing after the crash failed: %r", error)
         for guard in self.guards:
             guard.finalize("failed")
+
+
+_LOSS = operator.itemgetter(2)
+
+
+def _column(buffer: Sequence[tuple], index: int) -> list:
+    """Field ``index`` of every buffered step (in C: no object per step)."""
+    return list(map(operator.itemgetter(index), buffer))
 
 
 def _to_floats(values: Sequence) -> list:
