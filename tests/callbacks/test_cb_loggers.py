@@ -196,6 +196,30 @@ def test_multiloss_and_several_optimizers_get_a_column_each(tmp_path):
         assert (row["train/lr_opt0_group0"], row["train/lr_opt1_group0"]) == ("0.1", "0.2")
 
 
+class HalveTensorLr(AbstractCallback):
+    """After every batch, halves a tensor learning rate in place (as torch's schedulers update one)."""
+
+    def __init__(self):
+        super().__init__("halve the lr in place", execution_order=2000)  # after the logger's hook
+
+    def on_batch_end(self):
+        for group in self.train_loop_obj.optimizer.param_groups:
+            group["lr"].mul_(0.5)
+
+
+def test_a_tensor_learning_rate_changed_in_place_is_logged_as_it_was_at_each_step(tmp_path):
+    from aitoolbox import TrainLoop
+
+    model = mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.1))
+    loop = TrainLoop(model, DataLoader(regression_dataset(), batch_size=8), None, None, optimizer,
+                     torch.nn.MSELoss(), show_progress=False)
+    loop.fit(num_epochs=1, callbacks=[LoggerCallback(CSVLogger(tmp_path)), HalveTensorLr()])
+    rows = read_csv(tmp_path / "steps.csv")
+    assert len(rows) > 2
+    assert [float(r["train/lr"]) for r in rows] == [pytest.approx(0.1 * 0.5 ** k, rel=1e-6) for k in range(len(rows))]
+
+
 def test_a_block_by_columns_writes_what_the_same_rows_write(tmp_path):
     # CSV: the same file from log_columns and log_steps, a constant column formatted once per block
     # reads back as every row's value, a missing value (None) is a blank; TensorBoard: a missing

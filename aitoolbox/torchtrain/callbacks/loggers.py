@@ -173,6 +173,8 @@ class LoggerCallback(AbstractCallback):
         self._one_group = len(self._groups) == 1  # the common case reads one dict entry per step
         self._group0 = self._groups[0] if self._groups else None
         self._lr_names = _lr_names(loop.optimizers)
+        # a tensor learning rate is changed in place by the schedulers: the buffer keeps copies
+        self._tensor_lrs = any(isinstance(group["lr"], torch.Tensor) for group in self._groups)
         # a GradNormClip exists only where its module was imported: no import (3 modules) otherwise
         gradient = sys.modules.get("aitoolbox.torchtrain.callbacks.gradient")
         self._norm_sources = [] if gradient is None else [cb for cb in loop.callbacks
@@ -211,6 +213,8 @@ class LoggerCallback(AbstractCallback):
             self._last_norm_step = loop.num_optimizer_steps
             norms = [dict(cb.total_norms) for cb in self._norm_sources]  # the callback reuses its dict
         lrs = self._group0["lr"] if self._one_group else [g["lr"] for g in self._groups]
+        if self._tensor_lrs:
+            lrs = _copy_tensors(lrs)
         losses, buffer = loop.loss_batch_accum, self._buffer
         buffer.append((step, time.time(), losses[-1], lrs, norms, len(losses) - 1))
         if len(buffer) >= self.flush_every_n_steps:
@@ -336,6 +340,15 @@ def _norm_values(norms: Optional[list], count: int) -> list:
         return [None] * count
     values = [float(n) for by_optimizer in norms for n in (by_optimizer.values() or [None])]
     return values + [None] * (count - len(values))
+
+
+def _copy_tensors(value):
+    """``value`` (a learning rate or a list of them) with its tensors copied on their device (no sync)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, list):
+        return [_copy_tensors(v) for v in value]
+    return value
 
 
 def _lr_names(optimizers: Sequence) -> List[str]:
