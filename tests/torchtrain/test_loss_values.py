@@ -45,6 +45,6 @@ def test_accumulated_loss_is_the_mean_of_the_hand_loop_batch_losses():
         loss = nn.functional.cross_entropy(hand(x), y)
         loss.backward()
         opt.step()
-        batch_losses.append(float(loss))
+        batch_losses.append(loss.item())
     assert loop.train_history["accumulated_loss"] == [math.fsum(batch_losses) / len(batch_losses)]
     assert float(loop.parse_loss(loop.loss_batch_accum)) == math.fsum(batch_losses) / len(batch_losses)
