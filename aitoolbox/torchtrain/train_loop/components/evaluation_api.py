@@ -91,12 +91,17 @@ class EvaluationAPI:
         return self._cached_loss("test", self.test_loader, force_prediction, float_dict_format)
 
     def _cached_loss(self, dataset: str, loader, force: bool, float_dict_format: bool):
-        validation.require_loader(loader, dataset)
-        loss = None if force else self.prediction_store.get(dataset, "loss", self.weights_version)
-        if loss is None:
-            loss = self.evaluate_loss_with_model(loader, dataset)
-            self.prediction_store.put(dataset, "loss", self.weights_version, loss)
+        loss = self._cached(dataset, "loss", loader, force, lambda: self.evaluate_loss_with_model(loader, dataset))
         return self.convert_loss_to_float_dict_format(loss) if float_dict_format else loss
+
+    def _cached(self, dataset: str, kind: str, loader, force: bool, compute):
+        """The ``kind`` result of ``dataset`` for the current weights: from the store, else ``compute()`` stored."""
+        validation.require_loader(loader, dataset)
+        value = None if force else self.prediction_store.get(dataset, kind, self.weights_version)
+        if value is None:
+            value = compute()
+            self.prediction_store.put(dataset, kind, self.weights_version, value)
+        return value
 
     def evaluate_loss_with_model(self, data_loader, dataset: str):
         """Uncached :meth:`evaluate_model_loss` on CPU, tagged with the dataset type."""
@@ -160,13 +165,8 @@ class EvaluationAPI:
         return self._cached_predictions("test", self.test_loader, force_prediction, execute_callbacks)
 
     def _cached_predictions(self, dataset: str, loader, force: bool, execute_callbacks: bool):
-        validation.require_loader(loader, dataset)
-        result = None if force else self.prediction_store.get(dataset, "predictions", self.weights_version)
-        if result is None:
-            result = self.predict_with_model(loader, execute_callbacks, move_to_cpu=True,
-                                             dataset_info={"type": dataset})
-            self.prediction_store.put(dataset, "predictions", self.weights_version, result)
-        return result
+        return self._cached(dataset, "predictions", loader, force, lambda: self.predict_with_model(
+            loader, execute_callbacks, move_to_cpu=True, dataset_info={"type": dataset}))
 
     def predict_with_model(self, data_loader, execute_callbacks: bool = False, move_to_cpu: bool = False,
                            dataset_info: Optional[dict] = None):
